@@ -1,0 +1,1 @@
+"""Prompt-learning methods, one file each, plus the pieces they share."""

@@ -1,0 +1,236 @@
+"""One Transformer for BERT, RoBERTa (encoders) and GPT-2 (decoder).
+
+References: Vaswani et al. 2017 (the Transformer), Devlin et al. 2019 (BERT,
+post-norm encoder), Radford et al. 2019 (GPT-2, pre-norm causal decoder).
+
+Prompt methods plug in through two arguments of `Transformer.forward`:
+
+* `inputs_embeds` [B, T, H]: embeddings instead of token ids (soft prompts, P-tuning).
+* `prefix`: one entry per layer, each None or a pair (keys, values) of shape
+  [B or 1, heads, P, head_dim], prepended inside that layer's attention
+  (prefix tuning, P-tuning v2). The generation cache is the same thing.
+
+Conventions (those of Hugging Face transformers, tested against it):
+
+* Attention mask: [B, T] over the real tokens, or [B, P + T] if it already covers
+  the prefix; a [B, T] mask gets ones for the P prefix columns, so every token
+  sees the whole prefix. The decoder stays causal among real tokens: query i
+  may see key j (counted with the prefix) when j <= P + i.
+* Position ids: with a key/value prefix of length P, real tokens take positions
+  P, P+1, ... (Hugging Face treats the prefix as past key/values). Prompts given
+  through `inputs_embeds` are ordinary tokens and take positions 0..P-1.
+  RoBERTa adds padding_idx + 1 to every position and, given token ids, skips
+  padding (fairseq's make_positions); given `inputs_embeds` it cannot see padding
+  and counts straight through. Explicit `position_ids` override all of this.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TransformerConfig
+
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+KeyValue = tuple[torch.Tensor, torch.Tensor]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention; separate query/key/value projections so LoRA can wrap each."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.num_heads, self.head_dim = config.num_heads, config.head_dim
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.output = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = config.attention_dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, prefix: KeyValue | None = None
+                ) -> tuple[torch.Tensor, KeyValue]:
+        B, T, _ = x.shape
+        split = lambda t: t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        if prefix is not None:
+            prefix_keys, prefix_values = prefix  # (B or 1, nh, P, hd): one prefix may serve the whole batch
+            k = torch.cat([prefix_keys.expand(B, -1, -1, -1).to(k.dtype), k], dim=2)  # (B, nh, P+T, hd)
+            v = torch.cat([prefix_values.expand(B, -1, -1, -1).to(v.dtype), v], dim=2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, H)
+        return self.output(y), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.activation = ACTIVATIONS[config.activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.activation(self.up(x)))
+
+
+class Block(nn.Module):
+    """Attention and MLP sublayers, each wrapped in a residual connection and a layer norm.
+
+    Encoder (BERT): post-norm, x = LN(x + sublayer(x)). Decoder (GPT-2): pre-norm, x = x + sublayer(LN(x)).
+    """
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.pre_norm = config.is_decoder
+        self.attention = Attention(config)
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MLP(config)
+        self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, x, mask, prefix=None):
+        if self.pre_norm:
+            attended, kv = self.attention(self.attention_norm(x), mask, prefix)
+            x = x + self.dropout(attended)
+            return x + self.dropout(self.mlp(self.mlp_norm(x))), kv
+        attended, kv = self.attention(x, mask, prefix)
+        x = self.attention_norm(x + self.dropout(attended))
+        return self.mlp_norm(x + self.dropout(self.mlp(x))), kv
+
+
+class MaskedLMHead(nn.Module):
+    """BERT/RoBERTa cloze head: dense, activation, layer norm, then the (tied) word embeddings plus a bias."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.activation = ACTIVATIONS[config.activation]
+
+    def transform(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.activation(self.dense(hidden)))
+
+
+class Transformer(nn.Module):
+    """BERT, RoBERTa or GPT-2, chosen by `config.model_type`.
+
+    Input shape: input_ids [B, T] (or inputs_embeds [B, T, H]); optional prefix (see module docstring).
+    Output shape: hidden states [B, T, H]; the prefix never adds output positions.
+    """
+
+    def __init__(self, config: TransformerConfig, mlm_head: bool = False, pooler: bool = False):
+        super().__init__()
+        self.config = config
+        H = config.hidden_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, H)
+        self.position_embeddings = nn.Embedding(config.max_positions, H)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, H) if config.type_vocab_size else None
+        self.embedding_norm = None if config.is_decoder else nn.LayerNorm(H, eps=config.layer_norm_eps)
+        self.embedding_dropout = nn.Dropout(config.hidden_dropout)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.final_norm = nn.LayerNorm(H, eps=config.layer_norm_eps) if config.is_decoder else None
+        self.mlm_head = MaskedLMHead(config) if mlm_head else None
+        self.pooler = nn.Linear(H, H) if pooler else None
+
+    @property
+    def has_lm_head(self) -> bool:
+        """GPT-2 always has one (tied to the embeddings); an encoder only if the checkpoint had a cloze head."""
+        return self.config.is_decoder or self.mlm_head is not None
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, prefix: list[KeyValue | None] | None = None, return_cache: bool = False):
+        """Hidden states [B, T, H]; with return_cache=True also each layer's (keys, values) including the prefix."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        elif inputs_embeds.shape[-1] != self.config.hidden_size:
+            raise ValueError(f"inputs_embeds has width {inputs_embeds.shape[-1]}, but this model's hidden size "
+                             f"is {self.config.hidden_size}.")
+        B, T, _ = inputs_embeds.shape
+        prefix = prefix if prefix is not None else [None] * self.config.num_layers
+        if len(prefix) != self.config.num_layers:
+            raise ValueError(f"prefix has {len(prefix)} entries; the model has {self.config.num_layers} layers "
+                             "(use None for a layer without a prefix).")
+        # Layers may differ (a depth ablation has none in some; a generation cache then grows them all):
+        # positions shift by the longest, and each layer reads the last columns of the mask.
+        lengths = [0 if p is None else p[0].shape[2] for p in prefix]
+        P = max(lengths)
+
+        if position_ids is None:
+            position_ids = self.default_position_ids(input_ids, attention_mask, B, T, P, inputs_embeds.device)
+        if int(position_ids.max()) >= self.config.max_positions:
+            raise ValueError(f"Input of {T} tokens after a prefix of {P} needs position {int(position_ids.max())}, "
+                             f"but the position table has {self.config.max_positions} entries: shorten the input "
+                             "(max_length) or the prompt.")
+        x = inputs_embeds + self.position_embeddings(position_ids)
+        if self.token_type_embeddings is not None:
+            types = token_type_ids if token_type_ids is not None else torch.zeros_like(position_ids)
+            x = x + self.token_type_embeddings(types)
+        if self.embedding_norm is not None:
+            x = self.embedding_norm(x)
+        x = self.embedding_dropout(x)
+
+        mask = self.attention_mask(attention_mask, B, T, P, x.device)  # (B, 1, T, P+T) bool, or None
+        cache = []
+        for layer, layer_prefix, length in zip(self.layers, prefix, lengths):
+            x, kv = layer(x, None if mask is None else mask[..., P - length:], layer_prefix)
+            cache.append(kv)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return (x, cache) if return_cache else x
+
+    def default_position_ids(self, input_ids, attention_mask, B, T, P, device) -> torch.Tensor:
+        offset = self.config.position_offset
+        if self.config.model_type == "roberta" and input_ids is not None:
+            not_pad = (input_ids != self.config.pad_token_id).long()
+            return (torch.cumsum(not_pad, dim=1) + P) * not_pad + self.config.pad_token_id
+        return (torch.arange(P, P + T, device=device) + offset).unsqueeze(0).expand(B, T)
+
+    def attention_mask(self, attention_mask, B, T, P, device) -> torch.Tensor | None:
+        """Boolean (B, 1, T, P+T) mask, True where a query may attend; None when nothing is masked."""
+        if attention_mask is None and not self.config.is_decoder:
+            return None  # fast path: SDPA without a mask
+        keys = torch.ones(B, P + T, dtype=torch.bool, device=device)
+        if attention_mask is not None:
+            if attention_mask.shape[1] not in (T, P + T):
+                raise ValueError(f"attention_mask has {attention_mask.shape[1]} columns; expected {T} (tokens) "
+                                 f"or {P + T} (prefix + tokens).")
+            keys[:, P + T - attention_mask.shape[1]:] = attention_mask.bool()
+        allowed = keys[:, None, None, :].expand(B, 1, T, P + T)  # (B, 1, T, P+T)
+        if self.config.is_decoder:
+            # Explicit causal mask: SDPA's is_causal aligns top-left, wrong when a prefix adds key columns.
+            causal = torch.arange(P + T, device=device)[None, :] <= P + torch.arange(T, device=device)[:, None]
+            # A left-padding query may see nothing, and SDPA would return NaN there (NaN that then
+            # leaks through zero attention weights): let it see itself; its output is never used.
+            itself = torch.arange(P + T, device=device)[None, :] == P + torch.arange(T, device=device)[:, None]
+            allowed = (allowed & causal) | itself
+        return allowed
+
+    def lm_logits(self, hidden: torch.Tensor, vocab_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Vocabulary logits [..., V], or only the columns `vocab_ids` (e.g. a verbalizer's label words)."""
+        weight = self.word_embeddings.weight if vocab_ids is None else self.word_embeddings.weight[vocab_ids]
+        if self.config.is_decoder:
+            return hidden @ weight.T  # GPT-2's LM head is the transposed token embedding, no bias
+        if self.mlm_head is None:
+            raise ValueError("This checkpoint has no masked-LM head (e.g. all-MiniLM-L6-v2 is an encoder only): "
+                             "use a classification head, or a checkpoint such as bert-base-uncased.")
+        bias = self.mlm_head.bias if vocab_ids is None else self.mlm_head.bias[vocab_ids]
+        return self.mlm_head.transform(hidden) @ weight.T + bias
+
+    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        """BERT's pooler: tanh(W h_[CLS] + b), [B, H]."""
+        if self.pooler is None:
+            raise ValueError("This checkpoint has no pooler.")
+        return torch.tanh(self.pooler(hidden[:, 0]))
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,259 @@
+"""minitransformer is numerically the reference model: parity with transformers on the same weights."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from minitransformer import Transformer, TransformerConfig, generate, load_pretrained
+from tests.conftest import build_checkpoint
+
+transformers = pytest.importorskip("transformers")
+from transformers import DynamicCache  # noqa: E402
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+SENTENCES = ["the movie was great", "a boring plot , but the actors were wonderful and the food was fine", "awful"]
+
+
+def reference_forward(kind, hf_model, **kwargs):
+    """Last hidden state and vocabulary logits of the transformers model."""
+    out = hf_model(**kwargs, output_hidden_states=True)
+    return out.hidden_states[-1], out.logits
+
+
+def ours_forward(model, **kwargs):
+    hidden = model(**kwargs)
+    return hidden, model.lm_logits(hidden)
+
+
+def masked(x, mask):
+    return x * mask[..., None]
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "gpt2"])
+@pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
+def test_hidden_states_and_logits_match_transformers(kind, safe, tmp_path):
+    hf_model = build_checkpoint(kind, tmp_path / kind, safe=safe)
+    assert (tmp_path / kind / ("model.safetensors" if safe else "pytorch_model.bin")).exists()
+    model, tokenizer = load_pretrained(str(tmp_path / kind))
+    pairs = ["it was good", "not bad", "the end"] if kind == "bert" else None
+    batch = tokenizer.encode(SENTENCES, pairs)
+    if kind == "gpt2":
+        del batch["token_type_ids"]
+    if kind == "bert":
+        assert batch["token_type_ids"].any(), "the test should exercise token types"
+    assert not batch["attention_mask"].all(), "the test should exercise padding"
+    with torch.no_grad():
+        theirs = reference_forward(kind, hf_model, **batch)
+        ours = ours_forward(model, **batch)
+    m = batch["attention_mask"]
+    torch.testing.assert_close(masked(ours[0], m), masked(theirs[0], m), **TOL, msg="hidden states differ")
+    torch.testing.assert_close(masked(ours[1], m), masked(theirs[1], m), **TOL, msg="vocabulary logits differ")
+
+
+def test_gpt2_greedy_generation_matches_transformers(tiny_checkpoints):
+    directory, hf_model = tiny_checkpoints["gpt2"]
+    model, tokenizer = load_pretrained(str(directory))
+    batch = tokenizer.encode(["the movie was", "a terrible film with a"], padding_side="left")
+    assert not batch["attention_mask"].all(), "left padding must be exercised"
+    theirs = hf_model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               max_new_tokens=20, do_sample=False, pad_token_id=0, eos_token_id=None)
+    ours = generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=20, eos_id=-1)
+    assert torch.equal(ours, theirs), f"greedy ids differ:\n{ours}\n{theirs}"
+
+
+def random_prefix(model, batch_size, length, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    shape = (batch_size, c.num_heads, length, c.head_dim)
+    return [(torch.randn(shape, generator=g), torch.randn(shape, generator=g)) for _ in range(c.num_layers)]
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "gpt2"])
+def test_prefix_matches_past_key_values(kind, tiny_checkpoints):
+    directory, hf_model = tiny_checkpoints[kind]
+    model, tokenizer = load_pretrained(str(directory))
+    batch = tokenizer.encode(SENTENCES)
+    batch.pop("token_type_ids")
+    P = 5
+    prefix = random_prefix(model, len(SENTENCES), P)
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(prefix):
+        cache.update(k.clone(), v.clone(), i)
+    mask_with_prefix = torch.cat([torch.ones(len(SENTENCES), P, dtype=torch.long), batch["attention_mask"]], 1)
+    with torch.no_grad():
+        theirs = hf_model(input_ids=batch["input_ids"], attention_mask=mask_with_prefix, past_key_values=cache,
+                          output_hidden_states=True)
+        ours = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], prefix=prefix)
+    m = batch["attention_mask"]
+    assert ours.shape[1] == batch["input_ids"].shape[1], "a prefix must not add output positions"
+    torch.testing.assert_close(masked(ours, m), masked(theirs.hidden_states[-1], m), **TOL)
+    torch.testing.assert_close(masked(model.lm_logits(ours), m), masked(theirs.logits, m), **TOL)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "gpt2"])
+def test_inputs_embeds_match_transformers(kind, tiny_checkpoints):
+    directory, hf_model = tiny_checkpoints[kind]
+    model, tokenizer = load_pretrained(str(directory))
+    batch = tokenizer.encode(SENTENCES[:1])  # one row: RoBERTa's inputs_embeds positions ignore padding
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randn(1, 4, model.config.hidden_size, generator=g)  # a soft prompt of 4 vectors
+    embeds = torch.cat([prompt, model.word_embeddings(batch["input_ids"])], 1)
+    with torch.no_grad():
+        theirs = hf_model(inputs_embeds=embeds, output_hidden_states=True).hidden_states[-1]
+        ours = model(inputs_embeds=embeds)
+    torch.testing.assert_close(ours, theirs, **TOL)
+
+
+def test_minilm_matches_transformers_bert(minilm_dir):
+    from transformers import BertModel
+    sentences = ["a gripping , beautifully acted drama .", "dull .",
+                 "the plot is predictable , yet the film is never less than charming and the cast is superb ."]
+    model, tokenizer = load_pretrained("all-MiniLM-L6-v2")
+    hf_model = BertModel.from_pretrained(minilm_dir).eval()
+    batch = tokenizer.encode(sentences)
+    with torch.no_grad():
+        theirs = hf_model(**batch)
+        ours = model(**batch)
+    m = batch["attention_mask"]
+    assert (masked(ours, m) - masked(theirs.last_hidden_state, m)).abs().max() < 1e-4
+    torch.testing.assert_close(model.pool(ours), theirs.pooler_output, rtol=1e-4, atol=1e-4)
+
+
+def test_generation_with_prefix_equals_decoding_without_cache(tiny_checkpoints):
+    model, tokenizer = load_pretrained(str(tiny_checkpoints["gpt2"][0]))
+    batch = tokenizer.encode(["the movie was", "what a lovely day to"], padding_side="left")
+    prefix = random_prefix(model, 1, 3)  # one prefix shared by the batch
+    generated = generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=6, eos_id=-1,
+                         prefix=prefix)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    for _ in range(6):  # recompute the whole sequence each step, no cache
+        positions = (3 + mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        hidden = model(ids, attention_mask=mask, position_ids=positions, prefix=prefix)
+        next_token = model.lm_logits(hidden[:, -1]).argmax(-1, keepdim=True)
+        ids, mask = torch.cat([ids, next_token], 1), torch.cat([mask, torch.ones_like(next_token)], 1)
+    assert torch.equal(generated, ids)
+
+
+def test_sampling_is_seeded_and_respects_top_k(tiny_checkpoints):
+    model, tokenizer = load_pretrained(str(tiny_checkpoints["gpt2"][0]))
+    ids = tokenizer.encode(["the movie was"])["input_ids"]
+    run = lambda seed, k: generate(model, ids, max_new_tokens=8, temperature=1.0, top_k=k, eos_id=-1,
+                                   generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(run(0, 5), run(0, 5)), "same seed, same sample"
+    greedy = generate(model, ids, max_new_tokens=8, eos_id=-1)
+    assert torch.equal(run(0, 1), greedy), "top_k=1 sampling is greedy decoding"
+
+
+def test_generation_stops_at_eos(tiny_checkpoints):
+    model, tokenizer = load_pretrained(str(tiny_checkpoints["gpt2"][0]))
+    ids = tokenizer.encode(["the movie was"])["input_ids"]
+    first = generate(model, ids, max_new_tokens=1, eos_id=-1)[0, -1].item()
+    out = generate(model, ids, max_new_tokens=10, eos_id=first)
+    assert out.shape[1] == ids.shape[1] + 1 and out[0, -1] == first
+
+
+# ---- tokenizers -------------------------------------------------------------------------------
+
+def test_minilm_tokenizer_matches_transformers(minilm_dir):
+    from transformers import AutoTokenizer
+    _, ours = load_pretrained("all-MiniLM-L6-v2")
+    theirs = AutoTokenizer.from_pretrained(minilm_dir)
+    texts = ["Hello, World! It's a gripping drama.", "naïve café über-long tokenization", "x"]
+    pairs = ["Is it good?", "a much longer second sentence that goes on and on and on", "y"]
+    for kwargs in (dict(), dict(pairs=pairs), dict(pairs=pairs, max_length=12)):
+        mine = ours.encode(texts, kwargs.get("pairs"), max_length=kwargs.get("max_length"))
+        ref = theirs(texts, kwargs.get("pairs"), padding=True, truncation="max_length" in kwargs,
+                     max_length=kwargs.get("max_length"), return_tensors="pt")
+        for key in ("input_ids", "attention_mask", "token_type_ids"):
+            assert torch.equal(mine[key], ref[key]), f"{key} differ for {kwargs}"
+    assert ours.mask_id == theirs.mask_token_id and ours.cls_id == theirs.cls_token_id
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "roberta"])
+def test_byte_level_bpe_tokenizer_matches_transformers(kind, tiny_checkpoints):
+    from transformers import GPT2TokenizerFast, RobertaTokenizerFast
+    directory = tiny_checkpoints[kind][0]
+    _, ours = load_pretrained(str(directory))
+    cls = GPT2TokenizerFast if kind == "gpt2" else RobertaTokenizerFast
+    theirs = cls.from_pretrained(directory)
+    texts = ["the movie was great!", " a  terrible film", "naïve"]
+    pairs = ["it was good", "not bad at all , the food was awful", "x"] if kind == "roberta" else None
+    for max_length in (None, 6):
+        mine = ours.encode(texts, pairs, max_length=max_length)
+        for row, text in enumerate(texts):
+            ref = theirs(text, pairs[row] if pairs else None, truncation=max_length is not None,
+                         max_length=max_length)["input_ids"]
+            assert mine["input_ids"][row, :len(ref)].tolist() == ref
+            assert mine["attention_mask"][row].sum() == len(ref)
+    assert ours.is_byte_level and ours.token_ids(" great") != ours.token_ids("great")
+    assert ours.decode(ours.token_ids("the movie was great")) == "the movie was great"
+
+
+# ---- bad input --------------------------------------------------------------------------------
+
+def test_unknown_model_name_offline_says_what_it_tried(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="not a local directory.*Hugging Face hub"):
+        load_pretrained("no-such-model-xyz")
+
+
+def test_unsupported_model_type_lists_supported():
+    with pytest.raises(ValueError, match="supported: bert, roberta, gpt2"):
+        TransformerConfig.from_hf({"model_type": "t5"})
+
+
+def test_missing_tensor_is_named(tiny_checkpoints, tmp_path):
+    from safetensors.torch import load_file, save_file
+    source = tiny_checkpoints["bert"][0]
+    for f in source.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    weights = load_file(str(source / "model.safetensors"))
+    missing = next(k for k in weights if "layer.1.attention.self.value.weight" in k)
+    del weights[missing]
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    with pytest.raises(KeyError, match="encoder.layer.1.attention.self.value.weight"):
+        load_pretrained(str(tmp_path))
+
+
+def test_unexpected_tensor_is_named(tiny_checkpoints, tmp_path):
+    from safetensors.torch import load_file, save_file
+    source = tiny_checkpoints["gpt2"][0]
+    for f in source.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    weights = load_file(str(source / "model.safetensors"))
+    weights["transformer.h.0.attn.rotary.weight"] = torch.zeros(2)
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    with pytest.raises(KeyError, match="rotary"):
+        load_pretrained(str(tmp_path))
+
+
+def test_input_longer_than_position_table(tiny_checkpoints):
+    model, _ = load_pretrained(str(tiny_checkpoints["bert"][0]))
+    with pytest.raises(ValueError, match="position table has 64 entries"):
+        model(torch.ones(1, 65, dtype=torch.long))
+    prefix = random_prefix(model, 1, 10)
+    with pytest.raises(ValueError, match="after a prefix of 10"):
+        model(torch.ones(1, 60, dtype=torch.long), prefix=prefix)
+
+
+def test_inputs_embeds_of_wrong_width(tiny_checkpoints):
+    model, _ = load_pretrained(str(tiny_checkpoints["bert"][0]))
+    with pytest.raises(ValueError, match="width 16.*hidden size is 32"):
+        model(inputs_embeds=torch.zeros(1, 3, 16))
+
+
+def test_encoder_without_mlm_head_says_so(minilm_dir):
+    model, _ = load_pretrained("all-MiniLM-L6-v2")
+    with pytest.raises(ValueError, match="no masked-LM head"):
+        model.lm_logits(torch.zeros(1, 384))
+
+
+def test_config_reads_gpt2_defaults():
+    config = TransformerConfig.from_hf(json.loads(json.dumps({
+        "model_type": "gpt2", "vocab_size": 50257, "n_embd": 768, "n_layer": 12, "n_head": 12,
+        "n_positions": 1024, "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5})))
+    assert config.intermediate_size == 3072 and config.is_decoder and config.type_vocab_size == 0
+    assert Transformer(TransformerConfig(num_layers=1, hidden_size=8, num_heads=2, intermediate_size=8,
+                                         vocab_size=10, max_positions=8)).num_parameters() > 0
