@@ -226,11 +226,11 @@ class Transformer(nn.Module):
         bias = self.mlm_head.bias if vocab_ids is None else self.mlm_head.bias[vocab_ids]
         return self.mlm_head.transform(hidden) @ weight.T + bias
 
-    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
-        """BERT's pooler: tanh(W h_[CLS] + b), [B, H]."""
+    def pool(self, first_token: torch.Tensor) -> torch.Tensor:
+        """BERT's pooler on the [CLS] hidden state [B, H]: tanh(W h + b), [B, H]."""
         if self.pooler is None:
             raise ValueError("This checkpoint has no pooler.")
-        return torch.tanh(self.pooler(hidden[:, 0]))
+        return torch.tanh(self.pooler(first_token))
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
