@@ -94,15 +94,19 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
+        # Where adapter methods (Houlsby et al. 2019) plug in: each sublayer's output passes through
+        # these before the residual sum. Identity (no parameters) unless a method replaces them.
+        self.attention_adapter: nn.Module = nn.Identity()
+        self.mlp_adapter: nn.Module = nn.Identity()
 
     def forward(self, x, mask, prefix=None):
         if self.pre_norm:
             attended, kv = self.attention(self.attention_norm(x), mask, prefix)
-            x = x + self.dropout(attended)
-            return x + self.dropout(self.mlp(self.mlp_norm(x))), kv
+            x = x + self.attention_adapter(self.dropout(attended))
+            return x + self.mlp_adapter(self.dropout(self.mlp(self.mlp_norm(x)))), kv
         attended, kv = self.attention(x, mask, prefix)
-        x = self.attention_norm(x + self.dropout(attended))
-        return self.mlp_norm(x + self.dropout(self.mlp(x))), kv
+        x = self.attention_norm(x + self.attention_adapter(self.dropout(attended)))
+        return self.mlp_norm(x + self.mlp_adapter(self.dropout(self.mlp(x)))), kv
 
 
 class MaskedLMHead(nn.Module):
