@@ -183,7 +183,7 @@ class Transformer(nn.Module):
             x = self.embedding_norm(x)
         x = self.embedding_dropout(x)
 
-        mask = self.attention_mask(attention_mask, B, T, P, x.device)  # (B, 1, T, P+T) bool, or None
+        mask = self.attention_mask(attention_mask, B, T, P, x.device)  # (B, 1, T or 1, P+T) bool, or None
         cache = []
         for layer, layer_prefix, length in zip(self.layers, prefix, lengths):
             x, kv = layer(x, None if mask is None else mask[..., P - length:], layer_prefix)
@@ -200,16 +200,17 @@ class Transformer(nn.Module):
         return (torch.arange(P, P + T, device=device) + offset).unsqueeze(0).expand(B, T)
 
     def attention_mask(self, attention_mask, B, T, P, device) -> torch.Tensor | None:
-        """Boolean (B, 1, T, P+T) mask, True where a query may attend; None when nothing is masked."""
-        if attention_mask is None and not self.config.is_decoder:
-            return None  # fast path: SDPA without a mask
+        """Boolean mask, True where a query may attend: (B, 1, 1, P+T) for an encoder, (B, 1, T, P+T) for
+        the causal decoder; None when nothing is masked."""
+        if not self.config.is_decoder and (attention_mask is None or bool(attention_mask.all())):
+            return None  # fast path: nothing to hide, SDPA without a mask
         keys = torch.ones(B, P + T, dtype=torch.bool, device=device)
         if attention_mask is not None:
             if attention_mask.shape[1] not in (T, P + T):
                 raise ValueError(f"attention_mask has {attention_mask.shape[1]} columns; expected {T} (tokens) "
                                  f"or {P + T} (prefix + tokens).")
             keys[:, P + T - attention_mask.shape[1]:] = attention_mask.bool()
-        allowed = keys[:, None, None, :].expand(B, 1, T, P + T)  # (B, 1, T, P+T)
+        allowed = keys[:, None, None, :]  # (B, 1, 1, P+T): broadcast over queries, SDPA's fastest form
         if self.config.is_decoder:
             # Explicit causal mask: SDPA's is_causal aligns top-left, wrong when a prefix adds key columns.
             causal = torch.arange(P + T, device=device)[None, :] <= P + torch.arange(T, device=device)[:, None]
