@@ -10,16 +10,19 @@ Every real data file is named by its path under a data directory, e.g.
    else ``~/.cache/prompt-learning``),
 4. the public source: the raw file on GitHub at a pinned commit, downloaded into
    the cache and checked against the sha256 in ``SOURCES`` (the values of
-   ``../shared/data/SOURCES.md``). ``PROMPT_OFFLINE=1`` turns this step off.
+   ``../shared/data/SOURCES.md``). ``PROMPT_OFFLINE=1`` turns this step off, and
+   ``PROMPT_DOWNLOAD_URL`` replaces ``https://raw.githubusercontent.com`` (a mirror).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +122,7 @@ def download(url: str, dest: Path, sha256: str | None, timeout: float = 60.0) ->
     temporary file behind.
     """
     dest = Path(dest)
+    created = [folder for folder in reversed(dest.parents) if not folder.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
@@ -140,6 +144,8 @@ def download(url: str, dest: Path, sha256: str | None, timeout: float = 60.0) ->
         if sha256 is not None and digest.hexdigest() != sha256:
             raise DownloadError(f"{url}: sha256 is {digest.hexdigest()}, expected {sha256}. The file was "
                                 "deleted. The server sent different bytes; check the URL or get the file by hand.")
+        if sha256 is None:
+            warnings.warn(f"{url} has no pinned checksum; it was saved unverified (sha256 {digest.hexdigest()}).")
         os.replace(tmp_name, dest)
         return dest
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
@@ -148,16 +154,23 @@ def download(url: str, dest: Path, sha256: str | None, timeout: float = 60.0) ->
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+        if not dest.exists():  # failed: also remove the folders made for it, so the cache is as before
+            for folder in reversed(created):
+                with contextlib.suppress(OSError):  # not empty: another download is using it
+                    folder.rmdir()
 
 
 def find_file(relpath: str, data_dir: str | Path | None = None, *,
-              allow_download: bool | None = None, base_url: str = GITHUB_RAW) -> Path:
+              allow_download: bool | None = None, base_url: str | None = None) -> Path:
     """Return the path of data file ``relpath`` (e.g. ``"superglue_rte/val.jsonl"``).
 
     Searches the data_dir argument, PROMPT_DATA_DIR, then the cache, then downloads
     into the cache (unless ``allow_download`` is False, or None and PROMPT_OFFLINE=1).
-    Raises DataNotFoundError listing every place it looked and the URL it tried.
+    ``base_url`` (else PROMPT_DOWNLOAD_URL, else GitHub) replaces the host part of
+    the URL, for a mirror or a test server. Raises DataNotFoundError listing every
+    place it looked and the URL it tried.
     """
+    base_url = base_url or os.environ.get("PROMPT_DOWNLOAD_URL") or GITHUB_RAW
     looked: list[str] = []
     env_dir = os.environ.get("PROMPT_DATA_DIR")
     places = [("data_dir argument", data_dir), ("PROMPT_DATA_DIR", env_dir), ("cache", cache_dir())]

@@ -78,7 +78,9 @@ def read_label_lines(path: str | Path, label_names: list[str]) -> list[Example]:
     examples, empty = [], []
     for number, line in enumerate(read_lines(path), start=1):
         label, _, text = line.strip().partition(" ")
-        if not label.isdigit():
+        if not label:
+            continue  # a blank line
+        if not (label.isascii() and label.isdigit()):
             raise DataFormatError(f"{path}:{number}: expected 'LABEL SENTENCE' with an integer label, "
                                   f"got {line[:60]!r}. Check that this is the right file.")
         if int(label) >= len(label_names):

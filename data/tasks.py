@@ -25,7 +25,6 @@ from .readers import (NER_TAGS, Example, read_conll, read_e2e_csv, read_e2e_text
                       read_jsonl_pairs, read_label_lines)
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
-KINDS = ("classification", "pair", "ner", "generation")
 
 # Fractions of the hashed splits: "train+dev+test" splits a *.all file 80/10/10,
 # "train+dev" carves 10% of TREC's train file into a dev set.
@@ -144,10 +143,12 @@ TASK_SPECS: dict[str, TaskSpec] = {
                      ["subjective", "objective"], ["{text} This is {mask}.", "{text} This sentence is {mask}."]),
     "trec": TaskSpec("classification", "TREC, six question types (dev: hashed 10% of train)",
                      {"train+dev": "harvardnlp/TREC.train.all", "test": "harvardnlp/TREC.test.all"}, read_label_lines,
-                     # harvardnlp's label ids: 0 DESC, 1 ENTY, 2 ABBR, 3 HUM, 4 LOC, 5 NUM
+                     # harvardnlp's label ids: 0 DESC, 1 ENTY, 2 ABBR, 3 HUM, 4 LOC, 5 NUM. The word for
+                     # ABBR is "expression", as in LM-BFF (Gao et al. 2021): the rarer "abbreviation" is
+                     # unlikely to be one token in GPT-2/RoBERTa's BPE vocabulary.
                      ["description", "entity", "abbreviation", "human", "location", "number"],
-                     ["description", "entity", "abbreviation", "human", "location", "number"],
-                     ["{text} The answer is a {mask}.", "Question: {text} Type: {mask}"]),
+                     ["description", "entity", "expression", "human", "location", "number"],
+                     ["{text} Answer type: {mask}.", "Question: {text} Type: {mask}"]),
     "glue_sst2": TaskSpec("classification", "GLUE SST-2 (phrase-level train, 67k)",
                           {"train": "glue_sst2/train.tsv", "dev": "glue_sst2/dev.tsv"}, read_glue_tsv, **BINARY),
     "rte": TaskSpec("pair", "SuperGLUE RTE, textual entailment",
@@ -177,9 +178,9 @@ TASK_SPECS: dict[str, TaskSpec] = {
     "builtin_sentiment": TaskSpec("classification", "built-in (not a benchmark): 320 sentiment sentences "
                                   "written for this project", {"train": "sentiment.train", "dev": "sentiment.dev"},
                                   read_label_lines, is_builtin=True, **BINARY),
-    "builtin_pairs": TaskSpec("pair", "built-in (not a benchmark): entailment pairs written for this project",
+    "builtin_pairs": TaskSpec("pair", "built-in (not a benchmark): 104 entailment pairs written for this project",
                               {"train": "pairs.train.jsonl", "dev": "pairs.dev.jsonl"}, is_builtin=True, **RTE_LIKE),
-    "builtin_ner": TaskSpec("ner", "built-in (not a benchmark): NER sentences written for this project",
+    "builtin_ner": TaskSpec("ner", "built-in (not a benchmark): 61 NER sentences written for this project",
                             {"train": "ner.train", "dev": "ner.dev"}, is_builtin=True, **NER),
 }
 TASKS: list[str] = list(TASK_SPECS)
@@ -235,7 +236,8 @@ def load_task(name: str, data_dir: str | Path | None = None, allow_download: boo
         raise DataNotFoundError(f"task {name!r}: none of its files were found.\n{errors[0]}")
     for template in spec.templates:
         check_template(template, pair=spec.kind == "pair")
-    source = next(iter(files.values()))
-    source_dir = str(source.parent if spec.is_builtin else Path(str(source)[: -len(spec.files[next(iter(files))])]))
+    first_split, first_path = next(iter(files.items()))
+    # The data directory is the file's path minus the relative path that named it.
+    source = first_path.parents[len(Path(spec.files[first_split]).parts) - 1]
     return Task(name, spec.kind, spec.description, list(spec.label_names), spec.metric, list(spec.templates),
-                list(spec.verbalizer), spec.is_builtin, source_dir.rstrip("/"), splits, list(spec.also_report), files)
+                list(spec.verbalizer), spec.is_builtin, str(source), splits, list(spec.also_report), files)
