@@ -41,7 +41,8 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "lora": ("methods.lora", []),
     "full_fine_tuning": ("methods.fine_tuning", ["--mode", "full"]),
 }
-QUICK = ["--max-steps", "30", "--limit-train", "960", "--eval-every", "15", "--max-length", "64"]
+# Quick mode: exactly 30 steps for every method, however small the training split (max-steps decides).
+QUICK = ["--max-steps", "30", "--epochs", "1000", "--limit-train", "960", "--eval-every", "15"]
 
 
 def default_task(data_dir: str | None) -> tuple[str, str]:

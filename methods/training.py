@@ -168,14 +168,20 @@ def train(model: nn.Module, train_batches: Callable[[int], Iterable[dict]], step
             batch = to_device(batch, device)
             with autocast(device, config.bf16):
                 loss = task_loss(model(batch), batch["labels"])
-            if not torch.isfinite(loss):
-                result.stopped = (f"Loss became {loss.item()} at step {step + 1}: training stopped and the last "
+            optimizer.zero_grad(set_to_none=True)
+            grad_norm = torch.zeros(())
+            if torch.isfinite(loss):
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            # An infinite gradient with a finite loss would turn the weights into NaN at this update:
+            # stop before it, so that the state the model keeps is the last good one.
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                what = (f"Loss became {loss.item()}" if not torch.isfinite(loss) else
+                        f"The gradient norm became {grad_norm.item()} (loss {loss.item():.4g})")
+                result.stopped = (f"{what} at step {step + 1}: training stopped before that update and the last "
                                   "good state was kept. Try a smaller learning rate (--lr).")
                 print(result.stopped, file=sys.stderr)
                 break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             schedule.step()
             step += 1

@@ -1,0 +1,202 @@
+"""Prompt tuning: a few trainable "virtual tokens" in front of the input, nothing else changes.
+
+Lester, Al-Rfou & Constant 2021, "The Power of Scale for Parameter-Efficient Prompt Tuning".
+The pretrained model stays frozen. A soft prompt P = [p_1 .. p_n], n vectors in the
+model's embedding space (n x H numbers), goes in front of the input's token embeddings,
+and only P (plus the small task head) is trained:
+
+    h  = f_frozen([p_1, ..., p_n ; e(x_1), ..., e(x_T)])        (B, n + T, H)
+    P* = argmin_P  L(head(h), y)
+
+The prompt is an ordinary part of the input: it takes positions 0..n-1, the attention
+mask gets ones for it, and every real token moves n places to the right, so the head
+reads [CLS], the [MASK] or the last token at its usual position + n (TaskHead's offset).
+Initialisation matters for small models (Lester, section 3.2): random vectors, the
+embeddings of sampled vocabulary words, of a text, or of the label words.
+`nearest_tokens()` lists the vocabulary words closest (cosine) to each learned vector,
+Lester's look at what a soft prompt "says".
+
+    python methods/prompt_tuning.py --task sst2 --num-virtual-tokens 20 --init vocab
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data.prompts import label_word
+from minitransformer import Tokenizer, Transformer
+
+from methods.heads import TaskHead, freeze
+from methods.runner import common_parser, run
+
+INITS = ("random", "vocab", "text", "labels")
+# Prompt vectors are input embeddings: they need steps about 100x those of fine-tuning.
+# With our warm-up + linear decay the mean step is half the peak, hence above peft's constant 3e-2.
+DEFAULT_LR = 3e-2
+
+
+@dataclass
+class PromptTuningConfig:
+    num_virtual_tokens: int = 20
+    init: str = "vocab"               # random | vocab | text | labels (see initial_prompt)
+    init_text: str | None = None      # the text whose embeddings start the prompt, for init="text"
+    head: str = "auto"                # auto | classifier | verbalizer | token (see choose_head)
+
+
+def choose_head(backbone: Transformer, task_kind: str, verbalizer: list[str] | None, head: str = "auto") -> str:
+    """auto: token head for tagging, the label words when the model has an LM head, else a classifier."""
+    if head != "auto":
+        return head
+    if task_kind == "ner":
+        return "token"
+    return "verbalizer" if backbone.has_lm_head and verbalizer else "classifier"
+
+
+def check_position_budget(backbone: Transformer, prompt_length: int, input_length: int) -> None:
+    """Input-level prompts use up positions: prompt + input must fit the position table."""
+    available = backbone.config.max_positions - backbone.config.position_offset
+    if prompt_length + input_length > available:
+        raise ValueError(f"{prompt_length} prompt vectors + {input_length} input tokens need "
+                         f"{prompt_length + input_length} positions, but this {backbone.config.model_type} model "
+                         f"has {available}: lower --max-length to at most {available - prompt_length} or use "
+                         "fewer prompt vectors.")
+
+
+def run_with_prompt(backbone: Transformer, prompt: torch.Tensor, batch: dict) -> torch.Tensor:
+    """The frozen backbone on [prompt ; input]; prompt (n, H) is computed once and shared by the batch.
+
+    Output: hidden states (B, n + T, H); the real tokens sit at n..n+T-1.
+    """
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+    (B, T), n = input_ids.shape, prompt.shape[0]
+    check_position_budget(backbone, n, T)
+    words = backbone.word_embeddings(input_ids)                               # (B, T, H)
+    inputs_embeds = torch.cat([prompt.unsqueeze(0).expand(B, -1, -1), words], dim=1)  # (B, n+T, H)
+    # Every token may attend to the whole prompt; padding stays masked.
+    attention_mask = torch.cat([attention_mask.new_ones(B, n), attention_mask], dim=1)  # (B, n+T)
+    token_type_ids = batch.get("token_type_ids")
+    if token_type_ids is not None:  # the prompt belongs to the first segment (type 0), as in peft
+        token_type_ids = torch.cat([token_type_ids.new_zeros(B, n), token_type_ids], dim=1)
+    return backbone(inputs_embeds=inputs_embeds, attention_mask=attention_mask, token_type_ids=token_type_ids)
+
+
+def word_token_ids(tokenizer: Tokenizer) -> list[int]:
+    """Ids of whole English-alphabet words: no special tokens, [unused] slots, ##pieces, punctuation or CJK."""
+    ids = []
+    for token, index in tokenizer.backend.get_vocab().items():
+        if tokenizer.is_byte_level:  # byte-level BPE marks a word start with "Ġ" (its leading space)
+            token = token[1:] if token.startswith("Ġ") else ""
+        if token.isascii() and token.isalpha():
+            ids.append(index)
+    if not ids:
+        raise ValueError("The tokenizer's vocabulary has no whole-word tokens to sample from; use --init random.")
+    return sorted(ids)
+
+
+def text_token_ids(text: str, tokenizer: Tokenizer) -> list[int]:
+    """Token ids of `text`; a word the vocabulary cannot spell ([UNK]) is an error, not a silent vector."""
+    encoding = tokenizer.backend.encode(text, add_special_tokens=False)
+    unknown = [text[start:end] for index, (start, end) in zip(encoding.ids, encoding.offsets)
+               if index == tokenizer.unk_id]
+    if unknown:
+        raise ValueError(f"The init text has words the tokenizer only knows as {tokenizer.unk_token}: {unknown}. "
+                         "Their vectors would all be the same [UNK] embedding; reword the text.")
+    if not encoding.ids:
+        raise ValueError("The init text is empty: give --init-text some words (e.g. 'Classify the sentiment').")
+    return encoding.ids
+
+
+def initial_prompt(backbone: Transformer, tokenizer: Tokenizer, config: PromptTuningConfig,
+                   verbalizer: list[str] | None = None) -> torch.Tensor:
+    """The starting prompt (n, H). Lester found vocabulary and label-word starts far better than random ones.
+
+    random: Gaussian with the spread of the real word vectors; vocab: embeddings of random
+    whole words; text: a text's token embeddings, repeated or cut to n (as peft does);
+    labels: the label words (a multi-token word averaged), the rest sampled words.
+    """
+    embeddings = backbone.word_embeddings.weight.detach()   # (V, H)
+    n = config.num_virtual_tokens
+    if config.init == "random":
+        # The word vectors' own scale: a prompt much larger would drown the input, much smaller would vanish.
+        return torch.randn(n, embeddings.shape[1], device=embeddings.device) * embeddings.std()
+    words = torch.tensor(word_token_ids(tokenizer), device=embeddings.device)
+    sampled = embeddings[words[torch.randint(len(words), (n,), device=embeddings.device)]]  # (n, H)
+    if config.init == "vocab":
+        return sampled.clone()
+    if config.init == "text":
+        if config.init_text is None:
+            raise ValueError("--init text needs --init-text, e.g. --init-text 'Is this review positive?'")
+        ids = text_token_ids(config.init_text, tokenizer)
+        ids = (ids * (n // len(ids) + 1))[:n]
+        return embeddings[torch.tensor(ids, device=embeddings.device)].clone()
+    if config.init == "labels":
+        if not verbalizer:
+            raise ValueError("--init labels needs label words, and this task has no verbalizer; use --init vocab.")
+        labels = [embeddings[text_token_ids(label_word(word, tokenizer), tokenizer)].mean(0) for word in verbalizer]
+        return torch.cat([torch.stack(labels), sampled], dim=0)[:n].clone()
+    raise ValueError(f"Unknown init {config.init!r}; choose one of {', '.join(INITS)}.")
+
+
+class PromptTuning(nn.Module):
+    """A frozen backbone reading n trainable virtual tokens before its input, and a task head.
+
+    Input: a batch dict (input_ids, attention_mask, token_type_ids [B, T]).
+    Output: logits [B, C] (classifier, verbalizer) or [B, T, C] (token head).
+    """
+
+    def __init__(self, backbone: Transformer, tokenizer: Tokenizer, num_labels: int, config: PromptTuningConfig,
+                 verbalizer: list[str] | None = None, task_kind: str = "classification"):
+        super().__init__()
+        if config.num_virtual_tokens < 1:
+            raise ValueError(f"num_virtual_tokens must be at least 1, got {config.num_virtual_tokens}.")
+        self.backbone, self.tokenizer, self.config = freeze(backbone), tokenizer, config
+        self.virtual_tokens = nn.Parameter(initial_prompt(backbone, tokenizer, config, verbalizer))  # (n, H)
+        kind = choose_head(backbone, task_kind, verbalizer, config.head)
+        self.head = TaskHead(backbone, tokenizer, num_labels, kind, verbalizer)
+        self.saved_contents = ("the soft prompt (virtual_tokens) and the task head: everything needed to "
+                               "resume training and to deploy")
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        hidden = run_with_prompt(self.backbone, self.virtual_tokens, batch)  # (B, n+T, H)
+        return self.head(hidden, batch, offset=self.config.num_virtual_tokens)
+
+    @torch.no_grad()
+    def nearest_tokens(self, k: int = 5) -> list[list[str]]:
+        """For each virtual token, the k whole words whose embeddings are closest in cosine similarity."""
+        candidates = torch.tensor(word_token_ids(self.tokenizer), device=self.virtual_tokens.device)
+        words = F.normalize(self.backbone.word_embeddings.weight[candidates], dim=-1)  # (V', H)
+        prompt = F.normalize(self.virtual_tokens, dim=-1)                              # (n, H)
+        best = (prompt @ words.T).topk(min(k, len(candidates)), dim=-1).indices        # (n, k)
+        return [[self.tokenizer.decode([int(candidates[i])]).strip() for i in row] for row in best]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = common_parser(__doc__, lr=DEFAULT_LR)
+    parser.add_argument("--num-virtual-tokens", type=int, default=20, help="length n of the soft prompt")
+    parser.add_argument("--init", choices=INITS, default="vocab", help="how the prompt starts (see above)")
+    parser.add_argument("--init-text", default=None, help="for --init text: the text whose embeddings start it")
+    parser.add_argument("--head", choices=("auto", "classifier", "verbalizer"), default="auto",
+                        help="auto: label words when the model has an LM head, else a classifier on [CLS]")
+    args = parser.parse_args(argv)
+    config = PromptTuningConfig(args.num_virtual_tokens, args.init, args.init_text, args.head)
+    built: list[PromptTuning] = []
+
+    def build(backbone: Transformer, tokenizer: Tokenizer, task, _) -> PromptTuning:
+        check_position_budget(backbone, config.num_virtual_tokens, args.max_length)  # fail before training
+        model = PromptTuning(backbone, tokenizer, len(task.label_names), config, task.verbalizer, task.kind)
+        if model.head.kind == "verbalizer":
+            model.template = task.templates[0]  # puts the [MASK] (or, for GPT-2, the end) where the label goes
+        built.append(model)
+        return model
+
+    record = run(args, "prompt_tuning", build, asdict(config))
+    for i, words in enumerate(built[0].nearest_tokens()):
+        print(f"virtual token {i:2d} is nearest to: {', '.join(words)}")
+    return record
+
+
+if __name__ == "__main__":
+    main()

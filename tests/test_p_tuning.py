@@ -1,0 +1,225 @@
+"""P-tuning: peft's prompt encoder on the same weights, the template layout, and the promised behaviours."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from data import load_task
+from data.batching import batches
+from minitransformer import load_pretrained
+from methods.p_tuning import PTuning, PTuningConfig, main, shape_template
+from methods.prompt_tuning import run_with_prompt
+from methods.runner import load_method, save_method
+from methods.training import TrainConfig, train
+
+peft = pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+SENTENCES = ["the movie was great", "a boring plot , but the actors were wonderful", "awful"]
+PAIRS = ["it was good", "not bad", "the end"]
+P = 5
+
+
+def masked(x, mask):
+    return x * mask[..., None]
+
+
+def tiny_p_tuning(directory, task_kind="classification", head="classifier", verbalizer=None, **config):
+    backbone, tokenizer = load_pretrained(str(directory))
+    model = PTuning(backbone, tokenizer, 2, PTuningConfig(head=head, **config), verbalizer, task_kind)
+    return model.eval(), tokenizer
+
+
+def peft_encoder_model(hf_model, task_type, ours: PTuning, encoder: str):
+    """peft's P-tuning on a copy of the transformers model; its encoder's weights copied into ours."""
+    kind = {"mlp": "MLP", "lstm": "LSTM"}[encoder]
+    config = peft.PromptEncoderConfig(task_type=task_type, num_virtual_tokens=ours.config.num_virtual_tokens,
+                                      encoder_hidden_size=ours.config.encoder_hidden,
+                                      encoder_reparameterization_type=kind)
+    model = peft.get_peft_model(copy.deepcopy(hf_model), config).eval()
+    theirs = model.prompt_encoder["default"]
+    with torch.no_grad():
+        ours.prompt_encoder.pseudo_tokens.copy_(theirs.embedding.weight)
+        ours.prompt_encoder.mlp.load_state_dict(theirs.mlp_head.state_dict())
+        if encoder == "lstm":
+            ours.prompt_encoder.lstm.load_state_dict(theirs.lstm_head.state_dict())
+    return model
+
+
+@pytest.mark.parametrize("encoder", ["mlp", "lstm"])
+def test_bert_prompt_encoder_matches_peft_in_prefix_layout(tiny_checkpoints, encoder):
+    directory, hf_model = tiny_checkpoints["bert"]
+    ours, tokenizer = tiny_p_tuning(directory, layout="prefix", num_virtual_tokens=P, encoder=encoder,
+                                    encoder_hidden=16)
+    theirs = peft_encoder_model(hf_model, peft.TaskType.TOKEN_CLS, ours, encoder)
+    batch = tokenizer.encode(SENTENCES, PAIRS)
+    with torch.no_grad():
+        reference = theirs(**batch, output_hidden_states=True)
+        hidden = run_with_prompt(ours.backbone, ours.prompt_encoder(), batch)
+    m = batch["attention_mask"]
+    # peft's layout puts the prompt before [CLS]; compare the real tokens (positions P..), defined in both.
+    torch.testing.assert_close(masked(hidden[:, P:], m), masked(reference.hidden_states[-1][:, P:], m), **TOL,
+                               msg=f"{encoder} encoder: real-token hidden states differ from peft's (float32)")
+    torch.testing.assert_close(masked(ours.backbone.lm_logits(hidden)[:, P:], m), masked(reference.logits[:, P:], m),
+                               **TOL, msg=f"{encoder} encoder: masked-LM logits differ from peft's")
+
+
+def test_gpt2_prompt_encoder_matches_peft_in_prefix_layout(tiny_checkpoints):
+    directory, hf_model = tiny_checkpoints["gpt2"]
+    ours, tokenizer = tiny_p_tuning(directory, layout="prefix", num_virtual_tokens=P, head="verbalizer",
+                                    verbalizer=["was", "the"], encoder_hidden=16)
+    theirs = peft_encoder_model(hf_model, peft.TaskType.CAUSAL_LM, ours, "mlp")
+    batch = tokenizer.encode(SENTENCES)
+    del batch["token_type_ids"]
+    with torch.no_grad():
+        reference = theirs(**batch).logits  # (B, P+T, V)
+        hidden = run_with_prompt(ours.backbone, ours.prompt_encoder(), batch)
+        verbalizer_logits = ours(batch)
+    m = batch["attention_mask"]
+    torch.testing.assert_close(masked(ours.backbone.lm_logits(hidden)[:, P:], m), masked(reference[:, P:], m), **TOL,
+                               msg="next-token logits of the real tokens differ from peft's (float32 tolerance)")
+    expected = reference[torch.arange(len(SENTENCES)), m.sum(1) - 1 + P][:, ours.head.label_word_ids]
+    torch.testing.assert_close(verbalizer_logits, expected, **TOL, msg="the verbalizer reads the last token at +P")
+
+
+def test_minilm_prompt_encoder_matches_peft_in_prefix_layout(minilm_dir):
+    hf_model = transformers.BertForSequenceClassification.from_pretrained(str(minilm_dir), num_labels=2).eval()
+    ours, tokenizer = tiny_p_tuning(minilm_dir, layout="prefix", num_virtual_tokens=20)
+    theirs = peft_encoder_model(hf_model, peft.TaskType.SEQ_CLS, ours, "mlp")
+    batch = tokenizer.encode(SENTENCES)
+    with torch.no_grad():
+        reference = theirs(**batch, output_hidden_states=True).hidden_states[-1]
+        hidden = run_with_prompt(ours.backbone, ours.prompt_encoder(), batch)
+    # peft's classifier pools position 0 (the first prompt vector); ours reads the real [CLS] at position 20,
+    # so the logits differ by design: the hidden states of the real tokens are what both define.
+    m = batch["attention_mask"]
+    torch.testing.assert_close(masked(hidden[:, 20:], m), masked(reference[:, 20:], m), rtol=1e-4, atol=1e-4,
+                               msg="MiniLM real-token hidden states differ from peft's (1e-4: 6 real layers)")
+
+
+def test_shape_places_prompts_input_and_mask(tiny_checkpoints):
+    model, tokenizer = tiny_p_tuning(tiny_checkpoints["bert"][0], template=shape_template("2,1,1"))
+    batch = tokenizer.encode(["the movie"])
+    text = tokenizer.token_ids("the movie")
+    placed = model.place(batch)
+    expected = [tokenizer.cls_id, -1, -2, *text, -3, tokenizer.mask_id, -4, tokenizer.sep_id]
+    assert placed["ids"][0].tolist() == expected, "[CLS] p1 p2 x p3 [MASK] p4 [SEP] (prompt i stored as -i)"
+    seen = {}
+    model.backbone.register_forward_pre_hook(lambda _, args, kwargs: seen.update(kwargs), with_kwargs=True)
+    with torch.no_grad():
+        model(batch)
+    prompts, embeds = model.prompt_encoder(), seen["inputs_embeds"][0]
+    torch.testing.assert_close(embeds[[1, 2, 5, 7]], prompts, rtol=0, atol=0, msg="prompt vectors at their slots")
+    assert torch.equal(embeds[3:5], model.backbone.word_embeddings.weight[text]), "input tokens at theirs"
+
+
+def test_pair_template_puts_the_anchor_between_the_sentences(tiny_checkpoints):
+    model, tokenizer = tiny_p_tuning(tiny_checkpoints["bert"][0], task_kind="pair",
+                                     template="{p:1} {text} ? {text_pair} {p:1} {mask}")
+    placed = model.place(tokenizer.encode(["the movie"], ["not bad"]))
+    first, second, question = tokenizer.token_ids("the movie"), tokenizer.token_ids("not bad"), tokenizer.token_ids("?")
+    assert placed["ids"][0].tolist() == [tokenizer.cls_id, -1, *first, *question, *second, -2, tokenizer.mask_id,
+                                         tokenizer.sep_id], "the anchor replaces the [SEP] between the sentences"
+    types = placed["token_type_ids"][0].tolist()
+    assert types == [0] * (3 + len(first)) + [1] * (len(second) + 3), "the second sentence keeps token type 1"
+
+
+def test_gpt2_template_ends_before_the_mask(tiny_checkpoints):
+    model, tokenizer = tiny_p_tuning(tiny_checkpoints["gpt2"][0], template="{p:2} {text} {p:1} {mask} {p:3}")
+    assert model.prompt_encoder.pseudo_tokens.shape[0] == 3, "prompts after {mask} cannot reach the label"
+    assert model.place(tokenizer.encode(["the movie"]))["ids"][0, -1].item() == -3, "the last token is prompt 3"
+    with pytest.raises(ValueError, match="input must come before it"):
+        tiny_p_tuning(tiny_checkpoints["gpt2"][0], template="{p:2} {mask} {text}")
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_outputs_do_not_depend_on_padding(tiny_checkpoints, kind):
+    model, tokenizer = tiny_p_tuning(tiny_checkpoints[kind][0], template="{p:2} {text} {p:2}", encoder="lstm")
+    batch = tokenizer.encode(SENTENCES)
+    with torch.no_grad():
+        together = model(batch)
+        alone = torch.cat([model(tokenizer.encode([sentence])) for sentence in SENTENCES])
+    torch.testing.assert_close(together, alone, **TOL, msg="a row's logits must not depend on the other rows")
+
+
+def test_prompt_encoder_runs_once_per_step(tiny_checkpoints):
+    model, tokenizer = tiny_p_tuning(tiny_checkpoints["bert"][0], encoder="lstm")
+    calls = []
+    model.prompt_encoder.register_forward_hook(lambda *_: calls.append(1))
+    model(tokenizer.encode(SENTENCES)).sum().backward()
+    assert len(calls) == 1, f"the encoder ran {len(calls)} times for one batch; once is enough"
+
+
+def test_save_load_round_trip_gives_identical_outputs(tiny_checkpoints, tmp_path):
+    model, tokenizer = tiny_p_tuning(tiny_checkpoints["bert"][0], encoder="lstm")
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.1 * torch.randn_like(param))  # as if trained
+    save_method(model, tmp_path, "p_tuning", {"encoder": "lstm"})
+    fresh, _ = tiny_p_tuning(tiny_checkpoints["bert"][0], encoder="lstm")
+    load_method(fresh, tmp_path)
+    batch = tokenizer.encode(SENTENCES)
+    with torch.no_grad():
+        assert torch.equal(fresh(batch), model(batch)), "a loaded P-tuning must give exactly the saved outputs"
+
+
+def test_head_and_encoder_are_trainable_and_saved(tiny_checkpoints, tmp_path):
+    model, _ = tiny_p_tuning(tiny_checkpoints["bert"][0])
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert {"head.linear.weight", "head.linear.bias", "prompt_encoder.pseudo_tokens"} <= trainable
+    assert all(name.startswith(("head.", "prompt_encoder.")) for name in trainable), trainable
+    save_method(model, tmp_path, "p_tuning", {})
+    from safetensors.torch import load_file
+    assert set(load_file(str(tmp_path / "method.safetensors"))) == trainable, "encoder and head must be saved"
+
+
+def test_loading_for_another_backbone_is_an_error(tiny_checkpoints, tmp_path):
+    model, _ = tiny_p_tuning(tiny_checkpoints["bert"][0])
+    save_method(model, tmp_path, "p_tuning", {})
+    other, _ = tiny_p_tuning(tiny_checkpoints["roberta"][0])
+    with pytest.raises(ValueError, match="trained for a backbone"):
+        load_method(other, tmp_path)
+
+
+def test_backbone_is_bit_identical_after_training(tiny_checkpoints):
+    model, tokenizer = tiny_p_tuning(tiny_checkpoints["bert"][0], template=shape_template("2,2,2"))
+    examples = load_task("builtin_sentiment").splits["train"][:32]
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    encoder_before = model.prompt_encoder.mlp[0].weight.detach().clone()
+    train(model, lambda epoch: batches(examples, tokenizer, 8, shuffle=True, seed=epoch), 4, None,
+          TrainConfig(epochs=1, lr=1e-2, progress=False))
+    for name, value in model.backbone.state_dict().items():
+        assert torch.equal(value, backbone_before[name]), f"the frozen backbone changed: {name}"
+    assert not torch.equal(model.prompt_encoder.mlp[0].weight, encoder_before), "the encoder should have trained"
+
+
+def test_prompt_plus_input_longer_than_positions_is_an_error(tiny_checkpoints):
+    model, tokenizer = tiny_p_tuning(tiny_checkpoints["bert"][0], template="{p:30} {text} {p:30}")
+    with pytest.raises(ValueError, match="60 prompt vectors .* positions.*max-length"):
+        model(tokenizer.encode(SENTENCES))
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{p:3} {txt}", "Unknown slot"), ("{p:3}", "needs {text} exactly once"), ("{text} again", "no prompt vectors"),
+    ("{p:x} {text}", "written {p:N}"), ("{p:2} {text} {text_pair}", "needs a pair task")])
+def test_bad_templates_are_clear_errors(tiny_checkpoints, template, message):
+    with pytest.raises(ValueError, match=message.replace("{", "\\{")):
+        tiny_p_tuning(tiny_checkpoints["bert"][0], template=template)
+
+
+def test_verbalizer_needs_a_mask_in_the_template(tiny_checkpoints):
+    with pytest.raises(ValueError, match="has no \\{mask\\}"):
+        tiny_p_tuning(tiny_checkpoints["bert"][0], head="verbalizer", verbalizer=["was", "the"],
+                      template="{p:2} {text}")
+
+
+def test_command_line_trains_with_a_shape(tiny_checkpoints, tmp_path):
+    record = main(["--model", str(tiny_checkpoints["bert"][0]), "--task", "builtin_sentiment", "--head", "classifier",
+                   "--shape", "1,1,1", "--encoder", "lstm", "--encoder-hidden", "8", "--max-steps", "2",
+                   "--limit-train", "16", "--max-length", "32", "--out", str(tmp_path), "--no-progress"])
+    assert (tmp_path / "results.json").exists() and record["steps"] == 2
+    assert record["options"]["template"] == "{p:1} {text} {p:1} {mask} {p:1}"
