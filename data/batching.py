@@ -6,6 +6,7 @@ long as its longest sequence.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import defaultdict
 from typing import Iterator
@@ -54,7 +55,7 @@ def encode_examples(examples: list, tokenizer, max_length: int | None = None, te
         raise TypeError("TableExample batches depend on the method (source and reference are joined for "
                         "a causal LM); build them in the method from example.source and example.references.")
     if template is not None:
-        texts, pairs = [apply_template(template, e, tokenizer.mask_token) for e in examples], None
+        texts, pairs = [fit_template(template, e, tokenizer, max_length) for e in examples], None
     else:
         texts = [e.text for e in examples]
         has_pair = [e.text_pair is not None for e in examples]
@@ -64,6 +65,33 @@ def encode_examples(examples: list, tokenizer, max_length: int | None = None, te
     batch = tokenizer.encode(texts, pairs, max_length=max_length, padding_side=padding_side)
     batch["labels"] = torch.tensor([e.label for e in examples], dtype=torch.long)  # [B]
     return batch
+
+
+def fit_template(template: str, example: Example, tokenizer, max_length: int | None) -> str:
+    """The prompt text of ``example``, its sentence(s) shortened so the whole prompt fits ``max_length``.
+
+    Truncating the finished prompt would cut its end, and with it the [MASK] that the
+    method reads. Instead each sentence keeps at most ``cap`` words, longest first like
+    the tokenizer's own pair truncation, with the largest cap that fits found by
+    bisection (a longer cap never gives a shorter prompt).
+    """
+    def prompt(cap: int | None) -> str:
+        if cap is None:
+            return apply_template(template, example, tokenizer.mask_token)
+        text = " ".join(example.text.split()[:cap])
+        pair = None if example.text_pair is None else " ".join(example.text_pair.split()[:cap])
+        return apply_template(template, dataclasses.replace(example, text=text, text_pair=pair), tokenizer.mask_token)
+
+    def fits(text: str) -> bool:
+        return len(tokenizer.encode([text])["input_ids"][0]) <= max_length
+
+    if max_length is None or fits(prompt(None)):
+        return prompt(None)
+    low, high = 1, max(len(example.text.split()), len((example.text_pair or "").split()))  # prompt(high) is too long
+    while low < high - 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(prompt(middle)) else (low, middle)
+    return prompt(low)  # one word each if even that is too long: the method's own check then says so
 
 
 def _length(example) -> int:

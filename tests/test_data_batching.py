@@ -132,6 +132,29 @@ def test_template_puts_one_mask_in_every_row(minilm):
     assert batch["token_type_ids"].eq(0).all(), "a template makes one text out of the pair"
 
 
+def test_a_long_sentence_is_shortened_so_the_template_keeps_its_mask(minilm):
+    long = Example(" ".join(["a wonderfully moving film"] * 20), label=1)
+    template = "{text} It was {mask} ."
+    cut = plain = None
+    for max_length in (12, 16, 33):
+        batch = next(batches([long, SENTIMENT.split("dev")[0]], minilm, batch_size=2, max_length=max_length,
+                             template=template))
+        assert batch["input_ids"].shape[1] <= max_length
+        assert (batch["input_ids"] == minilm.mask_id).sum(1).tolist() == [1, 1], "the [MASK] must survive"
+        cut = minilm.decode(batch["input_ids"][0])
+        assert cut.startswith("a wonderfully moving") and cut.endswith("it was."), cut
+        plain = minilm.encode([apply_template(template, long, minilm.mask_token)], max_length=max_length)
+        assert (plain["input_ids"] == minilm.mask_id).sum() == 0, "plain truncation would have cut the [MASK]"
+
+
+def test_a_pair_loses_words_from_its_longer_side(minilm):
+    pair = Example("short premise", " ".join(["the hypothesis goes on"] * 10), label=0)
+    batch = next(batches([pair], minilm, batch_size=1, max_length=20, template="{text} ? {mask} , {text_pair}"))
+    text = minilm.decode(batch["input_ids"][0], skip_special_tokens=False)
+    assert batch["input_ids"].shape[1] <= 20 and (batch["input_ids"] == minilm.mask_id).sum() == 1
+    assert text.startswith("[CLS] short premise? [MASK], the hypothesis"), text
+
+
 def test_last_batch_holds_the_rest(minilm):
     sizes = [len(b["labels"]) for b in batches(SENTIMENT.split("dev"), minilm, batch_size=32)]
     assert sizes == [32, 32, 16]

@@ -190,7 +190,7 @@ def test_backbone_is_bit_identical_after_training(tiny_checkpoints):
     examples = load_task("builtin_sentiment").splits["train"][:32]
     backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     encoder_before = model.prompt_encoder.mlp[0].weight.detach().clone()
-    train(model, lambda epoch: batches(examples, tokenizer, 8, shuffle=True, seed=epoch), 4, None,
+    train(model, lambda epoch: batches(examples, tokenizer, 8, shuffle=True, seed=epoch, max_length=32), 4, None,
           TrainConfig(epochs=1, lr=1e-2, progress=False))
     for name, value in model.backbone.state_dict().items():
         assert torch.equal(value, backbone_before[name]), f"the frozen backbone changed: {name}"
