@@ -13,9 +13,10 @@ from typing import Callable
 
 from torch import nn
 
-from data import Task, batches, load_task
+from data import Task, load_task
 from data import DataNotFoundError, DownloadError
-from methods.training import TrainConfig, TrainResult, get_device, train
+from methods.runner import train_on_task
+from methods.training import TrainConfig, TrainResult, get_device
 
 FAST = os.environ.get("LESSON_FAST", "0") == "1"
 MODEL = os.environ.get("LESSON_MODEL", "all-MiniLM-L6-v2")  # the offline default; any name load_pretrained takes
@@ -49,16 +50,10 @@ def fit(model: nn.Module, tokenizer, task: Task, steps: int, lr: float, batch_si
     and decay, best dev state kept). `template` wraps each example (hard prompts); `dev_size`
     evaluates on the first N dev examples only, to keep a lesson quick.
     """
-    model.to(DEVICE)
-    train_examples, dev = task.splits["train"], task.splits["dev"][:dev_size]
-    make = lambda examples, shuffle, seed=0: batches(examples, tokenizer, batch_size if shuffle else 64,
-                                                     shuffle=shuffle, seed=seed, max_length=max_length,
-                                                     template=template)
-    config = TrainConfig(epochs=max(1, math.ceil(steps * batch_size / len(train_examples))), max_steps=steps,
+    config = TrainConfig(epochs=max(1, math.ceil(steps * batch_size / len(task.splits["train"]))), max_steps=steps,
                          lr=lr, eval_every=eval_every, seed=seed, progress=progress)
-    steps_per_epoch = math.ceil(len(train_examples) / batch_size)
-    return train(model, lambda epoch: make(train_examples, True, seed + epoch), steps_per_epoch,
-                 lambda: make(dev, False), config, task.metric, DEVICE)
+    return train_on_task(model.to(DEVICE), tokenizer, task, config, task.splits["train"], task.splits["dev"][:dev_size],
+                         batch_size, max_length, template, DEVICE)
 
 
 def report(check: Callable, *answer) -> bool:

@@ -19,12 +19,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from data import load_task
+from data import Task, load_task
 from data.batching import batches
 from minitransformer import load_pretrained
 
 from methods.plots import plot_learning_curves
-from methods.training import TrainConfig, count_parameters, evaluate, get_device, peak_memory_mb, set_seed, train
+from methods.training import (TrainConfig, TrainResult, count_parameters, evaluate, get_device, peak_memory_mb,
+                              set_seed, train)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -97,6 +98,18 @@ def load_method(model: nn.Module, directory: str | Path) -> dict:
     return meta
 
 
+def train_on_task(model: nn.Module, tokenizer, task: Task, config: TrainConfig, train_examples: list,
+                  dev_examples: list, batch_size: int, max_length: int, template: str | None = None,
+                  device: torch.device | None = None) -> TrainResult:
+    """`train` on a task's examples: shuffled batches each epoch (seed + epoch), dev batches of 64."""
+    make = lambda examples, shuffle, seed=0: batches(examples, tokenizer, batch_size if shuffle else 64,
+                                                     shuffle=shuffle, seed=seed, max_length=max_length,
+                                                     template=template)
+    steps_per_epoch = math.ceil(len(train_examples) / batch_size)
+    return train(model, lambda epoch: make(train_examples, True, config.seed + epoch), steps_per_epoch,
+                 lambda: make(dev_examples, False), config, task.metric, device)
+
+
 def run(args: argparse.Namespace, method: str, build: Callable, options: dict | None = None) -> dict:
     """Train and evaluate one method as the command line asked; write results.json, a plot and the weights."""
     set_seed(args.seed)
@@ -110,15 +123,12 @@ def run(args: argparse.Namespace, method: str, build: Callable, options: dict | 
     print(f"{method} on {task.name}{' (built-in data, not a benchmark)' if task.is_builtin else ''} with "
           f"{args.model}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)")
 
-    make = lambda examples, shuffle, seed=0: batches(examples, tokenizer, args.batch_size if shuffle else 64,
-                                                     shuffle=shuffle, seed=seed, max_length=args.max_length,
-                                                     template=template)
     config = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, eval_every=args.eval_every,
                          seed=args.seed, progress=not args.no_progress)
-    steps_per_epoch = math.ceil(len(train_examples) / args.batch_size)
-    result = train(model, lambda epoch: make(train_examples, True, args.seed + epoch), steps_per_epoch,
-                   lambda: make(task.splits["dev"], False), config, task.metric, device)
-    test_metric = evaluate(model, make(task.splits["test"], False), task.metric, device) if "test" in task.splits else None
+    result = train_on_task(model, tokenizer, task, config, train_examples, task.splits["dev"], args.batch_size,
+                           args.max_length, template, device)
+    make = lambda examples: batches(examples, tokenizer, 64, max_length=args.max_length, template=template)
+    test_metric = evaluate(model, make(task.splits["test"]), task.metric, device) if "test" in task.splits else None
 
     out = Path(args.out or f"runs/{method}-{task.name}")
     weights = save_method(model, out, method, options or {})

@@ -22,7 +22,7 @@ def test_quick_comparison_writes_every_output(minilm_dir, tmp_path):
     assert [r["method"] for r in records] == list(METHODS), "every default method has a record, in order"
     failed = {r["method"]: r["error"] for r in records if "error" in r}
     assert not failed, f"methods failed in quick mode: {failed}"
-    assert all(r["steps"] == 30 for r in records), "quick mode gives every method the same 30 steps"
+    assert all(r["steps"] == 20 for r in records), "quick mode gives every method the same 20 steps"
     table = (out / "results.md").read_text()
     assert all(f"| {name} |" in table for name in METHODS)
 
