@@ -7,10 +7,8 @@ from torch import nn
 
 from minitransformer import load_pretrained
 from methods.adapters import AdapterBiasShift, AdapterConfig, Adapters, BottleneckAdapter, main
-from methods.runner import load_method, save_method
 from methods.training import task_loss
-
-SENTENCES = ["the movie was great", "a boring plot , but the actors were wonderful and the food was fine", "awful"]
+from tests.helpers import LONG_SENTENCES, assert_reload_is_exact, perturb_trainable
 
 
 def build_adapters(directory, config=AdapterConfig(bottleneck=8)):
@@ -19,7 +17,7 @@ def build_adapters(directory, config=AdapterConfig(bottleneck=8)):
 
 
 def encode(tokenizer, kind):
-    batch = tokenizer.encode(SENTENCES)
+    batch = tokenizer.encode(LONG_SENTENCES)
     if kind == "gpt2":
         batch.pop("token_type_ids")
     return batch
@@ -50,7 +48,7 @@ def test_adapters_fill_the_slots_of_every_block(tiny_checkpoints):
 def test_one_step_reaches_the_zero_initialised_parameters(adapter_kind, tiny_checkpoints):
     model, tokenizer = build_adapters(tiny_checkpoints["bert"][0], AdapterConfig(kind=adapter_kind, bottleneck=8))
     model.train()
-    batch = tokenizer.encode(SENTENCES)
+    batch = tokenizer.encode(LONG_SENTENCES)
     task_loss(model(batch), torch.tensor([1, 0, 0])).backward()
     for layer in model.backbone.layers:
         grown = layer.mlp_adapter.up.weight if adapter_kind == "houlsby" else layer.mlp_adapter.vector
@@ -103,17 +101,9 @@ def test_save_and_load_round_trip(adapter_kind, tiny_checkpoints, tmp_path):
     directory = tiny_checkpoints["bert"][0]
     config = AdapterConfig(kind=adapter_kind, bottleneck=8)
     model, tokenizer = build_adapters(directory, config)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # stand-in for training: change every trainable number
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    save_method(model, tmp_path, adapter_kind, {"bottleneck": 8})
-    fresh, _ = build_adapters(directory, config)
-    load_method(fresh, tmp_path)
-    batch = tokenizer.encode(SENTENCES)
-    with torch.no_grad():
-        assert torch.equal(fresh(batch), model(batch)), "the loaded adapters must reproduce the saved ones exactly"
+    perturb_trainable(model)
+    assert_reload_is_exact(model, build_adapters(directory, config)[0], tokenizer.encode(LONG_SENTENCES), tmp_path,
+                           adapter_kind, {"bottleneck": 8})
 
 
 def test_command_line_trains_and_writes_results(tiny_checkpoints, tmp_path):

@@ -6,10 +6,8 @@ import torch
 
 from minitransformer import load_pretrained
 from methods.bitfit import BitFit, BitFitConfig, main
-from methods.runner import load_method, save_method
 from methods.training import TrainConfig, train
-
-SENTENCES = ["the movie was great", "a boring plot , but the actors were wonderful and the food was fine", "awful"]
+from tests.helpers import LONG_SENTENCES, assert_reload_is_exact, perturb_trainable
 
 
 def build_bitfit(directory):
@@ -42,7 +40,7 @@ def test_minilm_bitfit_includes_the_pooler_bias(minilm_dir):
 def test_training_changes_only_biases_and_head(tiny_checkpoints):
     model, tokenizer = build_bitfit(tiny_checkpoints["bert"][0])
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    batch = {**tokenizer.encode(SENTENCES), "labels": torch.tensor([1, 0, 0])}
+    batch = {**tokenizer.encode(LONG_SENTENCES), "labels": torch.tensor([1, 0, 0])}
     train(model, lambda epoch: [batch] * 3, 3, None, TrainConfig(epochs=1, lr=1e-2, progress=False))
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     frozen_changed = {n for n in changed if not (n.endswith(".bias") or n.startswith("head."))}
@@ -53,17 +51,8 @@ def test_training_changes_only_biases_and_head(tiny_checkpoints):
 def test_save_and_load_round_trip(tiny_checkpoints, tmp_path):
     directory = tiny_checkpoints["gpt2"][0]
     model, tokenizer = build_bitfit(directory)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # stand-in for training: change every trainable number
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    save_method(model, tmp_path, "bitfit", {})
-    fresh, _ = build_bitfit(directory)
-    load_method(fresh, tmp_path)
-    batch = tokenizer.encode(SENTENCES)
-    with torch.no_grad():
-        assert torch.equal(fresh(batch), model(batch)), "the loaded biases must reproduce the saved model exactly"
+    perturb_trainable(model)
+    assert_reload_is_exact(model, build_bitfit(directory)[0], tokenizer.encode(LONG_SENTENCES), tmp_path, "bitfit")
 
 
 def test_command_line_trains_and_writes_results(tiny_checkpoints, tmp_path):

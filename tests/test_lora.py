@@ -7,16 +7,10 @@ import pytest
 import torch
 
 from minitransformer import load_pretrained
-from methods.lora import LoRA, LoRAConfig, LoRALinear, main
-from methods.runner import load_method, save_method
+from methods.lora import LoRA, LoRAConfig, main
+from tests.helpers import LONG_SENTENCES, TOL, assert_reload_is_exact, masked
 
 peft = pytest.importorskip("peft")
-
-SENTENCES = ["the movie was great", "a boring plot , but the actors were wonderful and the food was fine", "awful"]
-
-
-def masked(x, mask):
-    return x * mask[..., None]
 
 
 def build_lora(directory, config=LoRAConfig(rank=4, alpha=8.0)):
@@ -59,23 +53,32 @@ def lora_weights(reference, layer: int, module: str):
     return a.detach(), b.detach()
 
 
-def test_lora_matches_peft_on_tiny_bert(tiny_checkpoints):
-    directory, hf_model = tiny_checkpoints["bert"]
-    reference = peft_lora(hf_model, ["query", "value"])
-    model, tokenizer = build_lora(directory)
+def copy_peft_lora(model, reference) -> None:
+    """Our query/value LoRA takes peft's A and B, layer by layer (same names and shapes on BERT)."""
     with torch.no_grad():
         for i, layer in enumerate(model.backbone.layers):
             for name in ("query", "value"):
                 a, b = lora_weights(reference, i, name)
                 getattr(layer.attention, name).lora_A.copy_(a)
                 getattr(layer.attention, name).lora_B.copy_(b)
-    batch = tokenizer.encode(SENTENCES)
+
+
+def assert_logits_match_peft(model, reference, batch: dict, message: str) -> None:
+    """Our backbone's vocabulary logits against peft's model, on the real tokens (float32 tolerance)."""
     with torch.no_grad():
         theirs = reference(**batch).logits
         ours = backbone_logits(model, batch)
     m = batch["attention_mask"]
-    torch.testing.assert_close(masked(ours, m), masked(theirs, m), rtol=1e-5, atol=1e-5,
-                               msg="LoRA on query/value must equal peft's on the same weights (float32 rounding)")
+    torch.testing.assert_close(masked(ours, m), masked(theirs, m), **TOL, msg=message)
+
+
+def test_lora_matches_peft_on_tiny_bert(tiny_checkpoints):
+    directory, hf_model = tiny_checkpoints["bert"]
+    reference = peft_lora(hf_model, ["query", "value"])
+    model, tokenizer = build_lora(directory)
+    copy_peft_lora(model, reference)
+    assert_logits_match_peft(model, reference, tokenizer.encode(LONG_SENTENCES),
+                             "LoRA on query/value must equal peft's on the same weights (float32 rounding)")
 
 
 def test_lora_matches_peft_on_tiny_gpt2(tiny_checkpoints):
@@ -98,14 +101,10 @@ def test_lora_matches_peft_on_tiny_gpt2(tiny_checkpoints):
             layer.attention.query.lora_B.copy_(b[:H])
             layer.attention.value.lora_A.copy_(a)
             layer.attention.value.lora_B.copy_(b[2 * H:])
-    batch = tokenizer.encode(SENTENCES)
+    batch = tokenizer.encode(LONG_SENTENCES)
     batch.pop("token_type_ids")
-    with torch.no_grad():
-        theirs = reference(**batch).logits
-        ours = backbone_logits(model, batch)
-    m = batch["attention_mask"]
-    torch.testing.assert_close(masked(ours, m), masked(theirs, m), rtol=1e-5, atol=1e-5,
-                               msg="LoRA on query/value must equal peft's c_attn LoRA with the key block zero")
+    assert_logits_match_peft(model, reference, batch,
+                             "LoRA on query/value must equal peft's c_attn LoRA with the key block zero")
 
 
 def test_lora_matches_peft_on_minilm(minilm_dir):
@@ -113,13 +112,8 @@ def test_lora_matches_peft_on_minilm(minilm_dir):
     reference = peft_lora(BertModel.from_pretrained(minilm_dir), ["query", "value"], rank=8, alpha=16.0)
     backbone, tokenizer = load_pretrained("all-MiniLM-L6-v2")
     model = LoRA(backbone, tokenizer, 2, LoRAConfig(rank=8, alpha=16.0)).eval()
-    with torch.no_grad():
-        for i, layer in enumerate(model.backbone.layers):
-            for name in ("query", "value"):
-                a, b = lora_weights(reference, i, name)
-                getattr(layer.attention, name).lora_A.copy_(a)
-                getattr(layer.attention, name).lora_B.copy_(b)
-    batch = tokenizer.encode(SENTENCES)
+    copy_peft_lora(model, reference)
+    batch = tokenizer.encode(LONG_SENTENCES)
     with torch.no_grad():
         theirs = reference(**batch).last_hidden_state
         ours = model.backbone(**batch)
@@ -133,7 +127,7 @@ def test_lora_starts_as_the_pretrained_model(kind, tiny_checkpoints):
     directory, _ = tiny_checkpoints[kind]
     plain, tokenizer = load_pretrained(str(directory))
     model, _ = build_lora(directory)
-    batch = tokenizer.encode(SENTENCES)
+    batch = tokenizer.encode(LONG_SENTENCES)
     with torch.no_grad():
         assert torch.equal(model.backbone(**batch), plain(**batch)), "B = 0: the update must be exactly zero"
 
@@ -141,7 +135,7 @@ def test_lora_starts_as_the_pretrained_model(kind, tiny_checkpoints):
 def test_merge_keeps_outputs_and_skips_the_update(tiny_checkpoints):
     model, tokenizer = build_lora(tiny_checkpoints["bert"][0])
     randomize_lora(model)
-    batch = tokenizer.encode(SENTENCES)
+    batch = tokenizer.encode(LONG_SENTENCES)
     with torch.no_grad():
         before = backbone_logits(model, batch)
         model.merge()
@@ -171,7 +165,7 @@ def test_merged_layer_refuses_to_train(tiny_checkpoints):
     model.merge()
     model.train()
     with pytest.raises(RuntimeError, match="unmerge"):
-        model.backbone(**tokenizer.encode(SENTENCES))
+        model.backbone(**tokenizer.encode(LONG_SENTENCES))
 
 
 @pytest.mark.parametrize("targets", [("query", "value"), ("key", "output", "mlp.up", "mlp.down")])
@@ -197,12 +191,8 @@ def test_save_and_load_round_trip(tiny_checkpoints, tmp_path):
     directory = tiny_checkpoints["bert"][0]
     model, tokenizer = build_lora(directory)
     randomize_lora(model)
-    save_method(model, tmp_path, "lora", {"rank": 4})
-    fresh, _ = build_lora(directory)
-    load_method(fresh, tmp_path)
-    batch = tokenizer.encode(SENTENCES)
-    with torch.no_grad():
-        assert torch.equal(fresh(batch), model(batch)), "the loaded LoRA must reproduce the saved one exactly"
+    assert_reload_is_exact(model, build_lora(directory)[0], tokenizer.encode(LONG_SENTENCES), tmp_path, "lora",
+                           {"rank": 4})
 
 
 def test_command_line_trains_and_writes_results(tiny_checkpoints, tmp_path):

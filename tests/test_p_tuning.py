@@ -6,25 +6,17 @@ import copy
 import pytest
 import torch
 
-from data import load_task
-from data.batching import batches
 from minitransformer import load_pretrained
 from methods.p_tuning import PTuning, PTuningConfig, main, shape_template
 from methods.prompt_tuning import run_with_prompt
-from methods.runner import load_method, save_method
-from methods.training import TrainConfig, train
+from methods.runner import save_method
+from tests.helpers import (PAIRS, SENTENCES, TOL, assert_refuses_another_backbone, assert_reload_is_exact,
+                           assert_trains_only, masked, perturb_trainable)
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
-TOL = dict(rtol=1e-5, atol=1e-5)
-SENTENCES = ["the movie was great", "a boring plot , but the actors were wonderful", "awful"]
-PAIRS = ["it was good", "not bad", "the end"]
 P = 5
-
-
-def masked(x, mask):
-    return x * mask[..., None]
 
 
 def tiny_p_tuning(directory, task_kind="classification", head="classifier", verbalizer=None, **config):
@@ -155,16 +147,9 @@ def test_prompt_encoder_runs_once_per_step(tiny_checkpoints):
 
 def test_save_load_round_trip_gives_identical_outputs(tiny_checkpoints, tmp_path):
     model, tokenizer = tiny_p_tuning(tiny_checkpoints["bert"][0], encoder="lstm")
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(0.1 * torch.randn_like(param))  # as if trained
-    save_method(model, tmp_path, "p_tuning", {"encoder": "lstm"})
+    perturb_trainable(model)  # as if trained
     fresh, _ = tiny_p_tuning(tiny_checkpoints["bert"][0], encoder="lstm")
-    load_method(fresh, tmp_path)
-    batch = tokenizer.encode(SENTENCES)
-    with torch.no_grad():
-        assert torch.equal(fresh(batch), model(batch)), "a loaded P-tuning must give exactly the saved outputs"
+    assert_reload_is_exact(model, fresh, tokenizer.encode(SENTENCES), tmp_path, "p_tuning", {"encoder": "lstm"})
 
 
 def test_head_and_encoder_are_trainable_and_saved(tiny_checkpoints, tmp_path):
@@ -179,22 +164,12 @@ def test_head_and_encoder_are_trainable_and_saved(tiny_checkpoints, tmp_path):
 
 def test_loading_for_another_backbone_is_an_error(tiny_checkpoints, tmp_path):
     model, _ = tiny_p_tuning(tiny_checkpoints["bert"][0])
-    save_method(model, tmp_path, "p_tuning", {})
-    other, _ = tiny_p_tuning(tiny_checkpoints["roberta"][0])
-    with pytest.raises(ValueError, match="trained for a backbone"):
-        load_method(other, tmp_path)
+    assert_refuses_another_backbone(model, tiny_p_tuning(tiny_checkpoints["roberta"][0])[0], tmp_path, "p_tuning")
 
 
 def test_backbone_is_bit_identical_after_training(tiny_checkpoints):
     model, tokenizer = tiny_p_tuning(tiny_checkpoints["bert"][0], template=shape_template("2,2,2"))
-    examples = load_task("builtin_sentiment").splits["train"][:32]
-    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    encoder_before = model.prompt_encoder.mlp[0].weight.detach().clone()
-    train(model, lambda epoch: batches(examples, tokenizer, 8, shuffle=True, seed=epoch, max_length=32), 4, None,
-          TrainConfig(epochs=1, lr=1e-2, progress=False))
-    for name, value in model.backbone.state_dict().items():
-        assert torch.equal(value, backbone_before[name]), f"the frozen backbone changed: {name}"
-    assert not torch.equal(model.prompt_encoder.mlp[0].weight, encoder_before), "the encoder should have trained"
+    assert_trains_only(model, tokenizer, model.prompt_encoder.mlp[0].weight, lr=1e-2, what="the encoder")
 
 
 def test_prompt_plus_input_longer_than_positions_is_an_error(tiny_checkpoints):

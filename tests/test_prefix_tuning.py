@@ -7,15 +7,15 @@ import json
 import pytest
 import torch
 
-from data import TableExample, load_task
-from data.batching import IGNORE_INDEX, batches
+from data import TableExample
+from data.batching import IGNORE_INDEX
 from minitransformer import generate, load_pretrained
 from methods.prefix_tuning import (PrefixTuning, PrefixTuningConfig, generate_texts, gather_task_prefixes,
                                    lm_batches, main, mixed_task_logits, prompt_text)
 from methods.runner import load_method, save_method
 from methods.training import TrainConfig, task_loss, train
+from tests.helpers import SENTENCES, TOL, assert_refuses_another_backbone, assert_trains_only, masked
 
-SENTENCES = ["the movie was great", "a boring plot , but the actors were wonderful", "awful"]
 EXACT = dict(rtol=0, atol=1e-6)
 
 
@@ -61,8 +61,8 @@ def test_logits_match_peft_prefix_tuning(kind, projection, tiny_checkpoints):
         theirs = theirs_model(**batch).logits
         hidden = ours.backbone(**batch, prefix=ours.prefix())
         mine = ours.backbone.lm_logits(hidden)
-    real = batch["attention_mask"][..., None].bool()
-    torch.testing.assert_close(mine.masked_fill(~real, 0), theirs.masked_fill(~real, 0), rtol=1e-5, atol=1e-5,
+    real = batch["attention_mask"]
+    torch.testing.assert_close(masked(mine, real), masked(theirs, real), **TOL,
                                msg="vocabulary logits differ from peft's by more than float32 rounding")
 
 
@@ -176,21 +176,12 @@ def test_save_load_round_trip_gives_identical_outputs(tiny_checkpoints, tmp_path
 
 def test_loading_a_prefix_trained_for_another_model_is_an_error(tiny_checkpoints, tmp_path):
     trained, _ = build(tiny_checkpoints["bert"][0])
-    save_method(trained, tmp_path, "prefix_tuning", {})
-    other, _ = build(tiny_checkpoints["roberta"][0])
-    with pytest.raises(ValueError, match="trained for a backbone"):
-        load_method(other, tmp_path)
+    assert_refuses_another_backbone(trained, build(tiny_checkpoints["roberta"][0])[0], tmp_path, "prefix_tuning")
 
 
 def test_backbone_is_bit_identical_after_training(tiny_checkpoints):
     method, tokenizer = build(tiny_checkpoints["bert"][0], flat=True)
-    frozen = {n: p.clone() for n, p in method.backbone.state_dict().items()}
-    prefix_before = method.prefix.flat_prefix.detach().clone()
-    examples = load_task("builtin_sentiment").splits["train"][:32]
-    train(method, lambda epoch: batches(examples, tokenizer, 8, shuffle=True, seed=epoch, max_length=32), 4, None,
-          TrainConfig(epochs=1, lr=1e-2, progress=False))
-    assert all(torch.equal(p, frozen[n]) for n, p in method.backbone.state_dict().items()), "backbone changed"
-    assert not torch.equal(method.prefix.flat_prefix, prefix_before), "the prefix itself must train"
+    assert_trains_only(method, tokenizer, method.prefix.flat_prefix, lr=1e-2, what="the prefix itself")
 
 
 def test_generation_with_prefix_equals_decoding_without_cache(tiny_checkpoints):

@@ -7,24 +7,16 @@ import json
 import pytest
 import torch
 
-from data import load_task
-from data.batching import batches
 from minitransformer import load_pretrained
 from methods.prompt_tuning import PromptTuning, PromptTuningConfig, main, run_with_prompt
-from methods.runner import load_method, save_method
-from methods.training import TrainConfig, train
+from methods.runner import save_method
+from tests.helpers import (PAIRS, SENTENCES, TOL, assert_refuses_another_backbone, assert_reload_is_exact,
+                           assert_trains_only, masked, perturb_trainable)
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
-TOL = dict(rtol=1e-5, atol=1e-5)
-SENTENCES = ["the movie was great", "a boring plot , but the actors were wonderful", "awful"]
-PAIRS = ["it was good", "not bad", "the end"]
 P = 5
-
-
-def masked(x, mask):
-    return x * mask[..., None]
 
 
 def peft_prompt_model(hf_model, task_type, prompt: torch.Tensor):
@@ -127,15 +119,9 @@ def test_classifier_reads_real_cls_after_the_prompt(tiny_checkpoints):
 
 def test_save_load_round_trip_gives_identical_outputs(tiny_checkpoints, tmp_path):
     model, tokenizer = tiny_prompt_tuning(tiny_checkpoints["bert"][0])
-    with torch.no_grad():
-        for param in (model.virtual_tokens, model.head.linear.weight, model.head.linear.bias):
-            param.add_(torch.randn_like(param))  # as if trained
-    save_method(model, tmp_path, "prompt_tuning", {"num_virtual_tokens": P})
+    perturb_trainable(model, scale=1.0)  # as if trained: the prompt and the head
     fresh, _ = tiny_prompt_tuning(tiny_checkpoints["bert"][0])
-    load_method(fresh, tmp_path)
-    batch = tokenizer.encode(SENTENCES)
-    with torch.no_grad():
-        assert torch.equal(fresh(batch), model(batch)), "a loaded prompt must give exactly the saved outputs"
+    assert_reload_is_exact(model, fresh, tokenizer.encode(SENTENCES), tmp_path, "prompt_tuning", {"num_virtual_tokens": P})
 
 
 def test_head_is_trainable_and_saved_with_the_prompt(tiny_checkpoints, tmp_path):
@@ -150,22 +136,13 @@ def test_head_is_trainable_and_saved_with_the_prompt(tiny_checkpoints, tmp_path)
 
 def test_loading_a_prompt_for_another_backbone_is_an_error(tiny_checkpoints, tmp_path):
     model, _ = tiny_prompt_tuning(tiny_checkpoints["bert"][0])
-    save_method(model, tmp_path, "prompt_tuning", {})
     other, _ = tiny_prompt_tuning(tiny_checkpoints["gpt2"][0])
-    with pytest.raises(ValueError, match="trained for a backbone"):
-        load_method(other, tmp_path)
+    assert_refuses_another_backbone(model, other, tmp_path, "prompt_tuning")
 
 
 def test_backbone_is_bit_identical_after_training(tiny_checkpoints):
     model, tokenizer = tiny_prompt_tuning(tiny_checkpoints["bert"][0])
-    examples = load_task("builtin_sentiment").splits["train"][:32]
-    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    prompt_before = model.virtual_tokens.detach().clone()
-    train(model, lambda epoch: batches(examples, tokenizer, 8, shuffle=True, seed=epoch, max_length=32), 4, None,
-          TrainConfig(epochs=1, lr=3e-2, progress=False))
-    for name, value in model.backbone.state_dict().items():
-        assert torch.equal(value, backbone_before[name]), f"the frozen backbone changed: {name}"
-    assert not torch.equal(model.virtual_tokens, prompt_before), "the prompt should have trained"
+    assert_trains_only(model, tokenizer, model.virtual_tokens, lr=3e-2, what="the prompt")
 
 
 def test_prompt_plus_input_longer_than_positions_is_an_error(tiny_checkpoints):

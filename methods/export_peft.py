@@ -1,0 +1,201 @@
+"""Export a prompt-tuning, prefix-tuning or P-tuning v2 result in peft's adapter format.
+
+What a student trains here then runs with the standard library, with the same logits:
+
+    model = AutoModelForSequenceClassification.from_pretrained(BASE, num_labels=2)   # or ...ForTokenClassification,
+    model = peft.PeftModel.from_pretrained(model, "export_dir").eval()              # ...ForCausalLM (see below)
+
+peft keeps a prompt-learning adapter in two files (peft 0.21: peft_model.py get_prompt, utils/save_and_load.py):
+adapter_config.json (the config dataclass as JSON) and adapter_model.safetensors, whose tensors map to ours:
+
+    ours                                    adapter_model.safetensors               adapter_config.json
+    PromptTuning.virtual_tokens [n, H]      prompt_embeddings [n, H]                PROMPT_TUNING
+    PrefixEncoder prefix [P, 2 x L x H]     prompt_embeddings [P, 2 x L x H]        PREFIX_TUNING, no projection
+    token head: linear (NER)                base_model.classifier.*                 TOKEN_CLS
+    classifier, BERT: linear(pooler(CLS))   base_model.classifier.*                 SEQ_CLS (the pooler: the
+                                                                                    base model's own, frozen)
+    classifier, RoBERTa: the same           base_model.classifier.dense.* = our pooler,
+                                            base_model.classifier.out_proj.* = our linear    SEQ_CLS
+    no head (GPT-2 generation)              -                                       CAUSAL_LM
+
+The prefix needs no reshaping: per virtual token both sides store [layer 0 keys, layer 0 values, layer 1 keys,
+...], each H = heads x head_dim wide; peft's get_prompt views it as (P, 2L, heads, head_dim) and permutes it to
+past key values, keys of layer l at 2l and values at 2l + 1, exactly as our PrefixEncoder does.
+The classifier head is peft's `modules_to_save` (a trained copy of the model's classifier module).
+
+The MLP reparameterization is exported ejected: prompt_embeddings = MLP(E), prefix_projection false. peft
+itself stores the same numbers for a projected prefix (get_prompt_embedding_to_save runs the MLP, and a model
+loaded for inference reads the stored output directly), but its config then says prefix_projection true, and
+a fresh trainable model of that config has an [P, H] embedding + MLP that the [P, 2LH] tensor does not fit.
+Said as what it is, a flat prefix, it also trains further: peft.get_peft_model(model, config with
+inference_mode=False) + peft.set_peft_model_state_dict (PeftModel.from_pretrained refuses is_trainable=True
+for every prompt-learning adapter).
+
+Both sides share the position conventions: virtual tokens are ordinary inputs at positions 0..n-1 (token
+type 0), so peft's token-classification logits have n extra rows in front (ours = theirs[:, n:]); a prefix
+is past key values, so real tokens start at position P and the logits have the input's length.
+
+Not representable in peft, hence an error: a verbalizer (peft has no label-word head), a text template
+(peft feeds the text unchanged), prefixes on some layers only (peft prompts every layer), a classifier on
+GPT-2 (GPT2ForSequenceClassification's score layer has no bias), a prompt-tuning classifier on an encoder
+(peft's classifier reads position 0, the first virtual token; ours reads the real [CLS] after the prompt),
+and a classifier on a checkpoint without a pooler (Bert/RobertaForSequenceClassification always have one).
+Dropout differs only in training (prefix dropout; RoBERTa's head drops before and after dense).
+
+    python -m methods.export_peft runs/prefix_tuning-sst2 --out export/prefix_tuning-sst2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from data.tasks import TASK_SPECS
+from minitransformer import load_pretrained
+from minitransformer.loading import MINILM_NAMES
+
+from methods.p_tuning_v2 import PTuningV2, PTuningV2Config
+from methods.prefix_tuning import PrefixTuning, PrefixTuningConfig
+from methods.prompt_tuning import PromptTuning, PromptTuningConfig
+from methods.runner import load_method
+
+# The transformers class to load the base model with, per peft task type.
+AUTO_CLASSES = {"SEQ_CLS": "AutoModelForSequenceClassification", "TOKEN_CLS": "AutoModelForTokenClassification",
+                "CAUSAL_LM": "AutoModelForCausalLM"}
+
+
+class NotExportableError(ValueError):
+    """The trained method has a part that peft cannot represent."""
+
+
+def linear_tensors(layer: nn.Linear, name: str) -> dict[str, torch.Tensor]:
+    return {f"{name}.weight": layer.weight, f"{name}.bias": layer.bias}
+
+
+def head_tensors(method: PromptTuning | PrefixTuning) -> tuple[str, dict[str, torch.Tensor]]:
+    """peft's task type and the classifier tensors under peft's names ("base_model." + the transformers name)."""
+    head, config = method.head, method.backbone.config
+    if head is None:  # prefix tuning for generation: GPT-2's own LM head, nothing to save
+        return "CAUSAL_LM", {}
+    if head.kind == "verbalizer":
+        raise NotExportableError("A verbalizer head (label-word scores of the LM head) has no peft equivalent: "
+                                 "peft's heads are the transformers classification heads. Train with --head "
+                                 "classifier (or a token head) to export.")
+    if head.kind == "token":  # Bert/Roberta/GPT2ForTokenClassification: dropout + classifier on every token
+        return "TOKEN_CLS", linear_tensors(head.linear, "base_model.classifier")
+    if config.is_decoder:
+        raise NotExportableError("GPT2ForSequenceClassification's score layer has no bias, and our classifier has "
+                                 "one, so its logits cannot be reproduced. Export a generation prefix or a token head.")
+    if isinstance(method, PromptTuning):
+        raise NotExportableError("peft's sequence classifier reads position 0, which after a soft prompt is the "
+                                 "first virtual token; ours reads the real [CLS] after the prompt. Prompt tuning "
+                                 "with a classifier on an encoder cannot be exported: use prefix tuning or "
+                                 "P-tuning v2 (their [CLS] stays at position 0), or a token head.")
+    if head.pool is None:
+        raise NotExportableError(f"This {config.model_type} checkpoint has no pooler, so our classifier reads "
+                                 "[CLS] directly, but Bert/RobertaForSequenceClassification always pass it through "
+                                 "a pooler (a random one if the checkpoint lacks it). Use a checkpoint with a pooler "
+                                 "(bert-base-uncased, roberta-base, all-MiniLM-L6-v2).")
+    if config.model_type == "roberta":  # RobertaClassificationHead: out_proj(tanh(dense(<s>))) = our linear(pool)
+        return "SEQ_CLS", {**linear_tensors(method.backbone.pooler, "base_model.classifier.dense"),
+                           **linear_tensors(head.linear, "base_model.classifier.out_proj")}
+    return "SEQ_CLS", linear_tensors(head.linear, "base_model.classifier")  # BERT: classifier(pooler(h_cls))
+
+
+def export_peft(method: nn.Module, directory: str | Path, base_model_name_or_path: str) -> Path:
+    """Write `method` (PromptTuning, PrefixTuning or PTuningV2) as a peft adapter in `directory`; return it."""
+    if not isinstance(method, (PromptTuning, PrefixTuning)):
+        raise NotExportableError(f"{type(method).__name__} has no exporter: peft's prompt-learning formats cover "
+                                 "prompt tuning, prefix tuning and P-tuning v2.")
+    task_type, tensors = head_tensors(method)  # first: a verbalizer's template is not the deeper problem
+    if getattr(method, "template", None):
+        raise NotExportableError(f"This method was trained on inputs rewritten by the template "
+                                 f"{method.template!r}; peft feeds the text unchanged, so the logits would differ.")
+    config = method.backbone.config
+    common = {"task_type": task_type, "base_model_name_or_path": base_model_name_or_path, "inference_mode": True,
+              "token_dim": config.hidden_size, "num_attention_heads": config.num_heads,
+              "num_layers": config.num_layers, "num_transformer_submodules": 1,
+              "modules_to_save": ["classifier", "score"] if tensors else None}
+    if isinstance(method, PromptTuning):
+        prompt = method.virtual_tokens  # (n, H): fed as input embeddings by both
+        adapter = {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": prompt.shape[0], "prompt_tuning_init": "RANDOM"}
+    else:
+        encoder = method.prefix
+        if encoder.layers != list(range(config.num_layers)):
+            raise NotExportableError(f"This prefix covers layers {[i + 1 for i in encoder.layers]} (1-based) of "
+                                     f"{config.num_layers}; peft's prefix tuning gives every layer one. Train with "
+                                     "--layers all to export.")
+        with torch.no_grad():  # the deploy prefix: MLP(E) when reparameterized, else the prefix itself (no dropout)
+            prompt = encoder.mlp(encoder.embedding) if encoder.reparameterized else encoder.flat_prefix  # (P, 2LH)
+        adapter = {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": prompt.shape[0], "prefix_projection": False,
+                   "encoder_hidden_size": config.hidden_size}
+    tensors = {"prompt_embeddings": prompt, **tensors}
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({name: t.detach().float().cpu().contiguous() for name, t in tensors.items()},
+              str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (directory / "adapter_config.json").write_text(json.dumps({**adapter, **common}, indent=2))
+    return directory
+
+
+def load_run(run_dir: str | Path, model_name: str | None = None) -> tuple[nn.Module, str]:
+    """Rebuild and load a method saved by a method command line (method.json + method.safetensors).
+
+    The model and task come from results.json in `run_dir` or its parent (prefix tuning's `deploy/`).
+    Returns (method, model name)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "method.json").exists():
+        raise FileNotFoundError(f"{run_dir} has no method.json: pass the --out directory of a method command line.")
+    meta = json.loads((run_dir / "method.json").read_text())
+    results = next((d / "results.json" for d in (run_dir, run_dir.parent) if (d / "results.json").exists()), None)
+    if results is None:
+        raise FileNotFoundError(f"No results.json in {run_dir} or its parent to say which task (and model) the "
+                                "method was trained for; pass the --out directory of a method command line.")
+    record = json.loads(results.read_text())
+    model_name, name, options = model_name or record["model"], meta["method"], meta["options"]
+    task = TASK_SPECS[record["task"]]  # the head's kind and label count; no data needed
+    num_labels = len(task.label_names)
+    backbone, tokenizer = load_pretrained(model_name)
+    if name == "prompt_tuning":  # the init is overwritten by the saved prompt: random needs no words
+        config = replace(PromptTuningConfig(**options), init="random")
+        method = PromptTuning(backbone, tokenizer, num_labels, config, task.verbalizer, task.kind)
+    elif name.startswith(("prefix_tuning", "p_tuning_v2")):
+        method_class, config_class = ((PTuningV2, PTuningV2Config) if name.startswith("p_tuning_v2")
+                                      else (PrefixTuning, PrefixTuningConfig))
+        method = method_class(backbone, tokenizer, num_labels, config_class(**options), task.kind, task.verbalizer,
+                              task.templates[0] if task.templates else None)
+    else:
+        raise NotExportableError(f"{run_dir} holds a {name!r} run; peft's prompt-learning formats cover "
+                                 "prompt_tuning, prefix_tuning and p_tuning_v2 runs.")
+    load_method(method, run_dir)
+    return method.eval(), model_name
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", help="the --out directory of a prompt_tuning, prefix_tuning or p_tuning_v2 run")
+    parser.add_argument("--out", required=True, help="directory for adapter_config.json + adapter_model.safetensors")
+    parser.add_argument("--model", default=None, help="the base model, if not the one in results.json")
+    args = parser.parse_args(argv)
+    method, model_name = load_run(args.run_dir, args.model)
+    # The name transformers knows: the offline MiniLM alias is the hub's sentence-transformers model.
+    base = MINILM_NAMES[1] if model_name in MINILM_NAMES else model_name
+    directory = export_peft(method, args.out, base)
+    task_type = json.loads((directory / "adapter_config.json").read_text())["task_type"]
+    labels = "" if task_type == "CAUSAL_LM" else f", num_labels={method.head.linear.out_features}"
+    print(f"wrote {directory}/adapter_config.json and adapter_model.safetensors ({task_type}). Load with:\n"
+          f"    model = transformers.{AUTO_CLASSES[task_type]}.from_pretrained({base!r}{labels})\n"
+          f"    model = peft.PeftModel.from_pretrained(model, {str(directory)!r}).eval()")
+    return directory
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except NotExportableError as error:  # a limit of peft's format, not a bug: the reason, without a traceback
+        raise SystemExit(f"Not exported: {error}") from None
