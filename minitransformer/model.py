@@ -43,6 +43,32 @@ ACTIVATIONS = {
 KeyValue = tuple[torch.Tensor, torch.Tensor]
 
 
+class Padding:
+    """Where the real tokens of a padded [B, T] batch are, so token-wise layers can skip the padding.
+
+    About half of a typical batch of short sentences is padding. Every layer but attention works
+    on each token alone (linear maps, layer norms, dropout, activations), so the blocks carry the
+    real tokens packed as [N, H] and re-pad them only inside attention, which needs [B, T]. The
+    numbers for real tokens are the same; the work shrinks to N / (B x T). (The unpadding trick
+    of FlashAttention's BERT; without padding, `rows` is None and both moves are free reshapes.)
+    """
+
+    def __init__(self, token_mask: torch.Tensor | None, B: int, T: int):
+        self.B, self.T = B, T
+        self.rows = None if token_mask is None else token_mask.reshape(-1).nonzero().squeeze(1)  # (N,)
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, H] -> [N, H], the real tokens only."""
+        x = x.reshape(self.B * self.T, -1)
+        return x if self.rows is None else x.index_select(0, self.rows)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, H] -> [B, T, H], zeros at the padding."""
+        if self.rows is not None:
+            x = x.new_zeros(self.B * self.T, x.shape[-1]).index_copy(0, self.rows, x)
+        return x.view(self.B, self.T, -1)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention; separate query/key/value projections so LoRA can wrap each."""
 
@@ -55,17 +81,18 @@ class Attention(nn.Module):
         self.output = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = config.attention_dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, prefix: KeyValue | None = None
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, padding: Padding, prefix: KeyValue | None = None
                 ) -> tuple[torch.Tensor, KeyValue]:
-        B, T, _ = x.shape
-        split = lambda t: t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        """x: the real tokens [N, H] (see Padding); returns [N, H] and this layer's (keys, values)."""
+        B, T = padding.B, padding.T
+        split = lambda t: padding.pad(t).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
         if prefix is not None:
             prefix_keys, prefix_values = prefix  # (B or 1, nh, P, hd): one prefix may serve the whole batch
             k = torch.cat([prefix_keys.expand(B, -1, -1, -1).to(k.dtype), k], dim=2)  # (B, nh, P+T, hd)
             v = torch.cat([prefix_values.expand(B, -1, -1, -1).to(v.dtype), v], dim=2)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, H)
+        y = padding.unpad(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, H) -> (N, H)
         return self.output(y), (k, v)
 
 
@@ -99,12 +126,12 @@ class Block(nn.Module):
         self.attention_adapter: nn.Module = nn.Identity()
         self.mlp_adapter: nn.Module = nn.Identity()
 
-    def forward(self, x, mask, prefix=None):
+    def forward(self, x, mask, padding, prefix=None):
         if self.pre_norm:
-            attended, kv = self.attention(self.attention_norm(x), mask, prefix)
+            attended, kv = self.attention(self.attention_norm(x), mask, padding, prefix)
             x = x + self.attention_adapter(self.dropout(attended))
             return x + self.mlp_adapter(self.dropout(self.mlp(self.mlp_norm(x)))), kv
-        attended, kv = self.attention(x, mask, prefix)
+        attended, kv = self.attention(x, mask, padding, prefix)
         x = self.attention_norm(x + self.attention_adapter(self.dropout(attended)))
         return self.mlp_norm(x + self.mlp_adapter(self.dropout(self.mlp(x)))), kv
 
@@ -127,7 +154,8 @@ class Transformer(nn.Module):
     """BERT, RoBERTa or GPT-2, chosen by `config.model_type`.
 
     Input shape: input_ids [B, T] (or inputs_embeds [B, T, H]); optional prefix (see module docstring).
-    Output shape: hidden states [B, T, H]; the prefix never adds output positions.
+    Output shape: hidden states [B, T, H]; the prefix never adds output positions, and padding
+    positions hold zeros (the reference computes numbers there that nothing should read).
     """
 
     def __init__(self, config: TransformerConfig, mlm_head: bool = False, pooler: bool = False):
@@ -179,18 +207,29 @@ class Transformer(nn.Module):
         if self.token_type_embeddings is not None:
             types = token_type_ids if token_type_ids is not None else torch.zeros_like(position_ids)
             x = x + self.token_type_embeddings(types)
+
+        mask = self.attention_mask(attention_mask, B, T, P, x.device)  # (B, 1, T or 1, P+T) bool, or None
+        padding = Padding(self.token_mask(attention_mask, T), B, T)
+        x = padding.unpad(x)  # (N, H): from here on only real tokens, re-padded inside attention
         if self.embedding_norm is not None:
             x = self.embedding_norm(x)
         x = self.embedding_dropout(x)
-
-        mask = self.attention_mask(attention_mask, B, T, P, x.device)  # (B, 1, T or 1, P+T) bool, or None
         cache = []
         for layer, layer_prefix, length in zip(self.layers, prefix, lengths):
-            x, kv = layer(x, None if mask is None else mask[..., P - length:], layer_prefix)
+            x, kv = layer(x, None if mask is None else mask[..., P - length:], padding, layer_prefix)
             cache.append(kv)
         if self.final_norm is not None:
             x = self.final_norm(x)
+        x = padding.pad(x)  # (B, T, H), zeros at the padding
         return (x, cache) if return_cache else x
+
+    @staticmethod
+    def token_mask(attention_mask: torch.Tensor | None, T: int) -> torch.Tensor | None:
+        """[B, T] True at real tokens (the mask's last T columns), or None when nothing is padding."""
+        if attention_mask is None:
+            return None
+        tokens = attention_mask[:, -T:].bool()
+        return None if bool(tokens.all()) else tokens
 
     def default_position_ids(self, input_ids, attention_mask, B, T, P, device) -> torch.Tensor:
         offset = self.config.position_offset

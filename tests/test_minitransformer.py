@@ -52,6 +52,24 @@ def test_hidden_states_and_logits_match_transformers(kind, safe, tmp_path):
     torch.testing.assert_close(masked(ours[1], m), masked(theirs[1], m), **TOL, msg="vocabulary logits differ")
 
 
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_padding_is_skipped_and_each_row_equals_its_own_run(kind, tiny_checkpoints):
+    """The blocks run on the real tokens only (Padding): a padded row gives what the row alone gives,
+    and the padding positions hold zeros, not the numbers of a computation that never happened."""
+    model, tokenizer = load_pretrained(str(tiny_checkpoints[kind][0]))
+    model.eval()
+    batch = tokenizer.encode(SENTENCES)  # right padding: a row's real tokens keep positions 0, 1, ...
+    batch.pop("token_type_ids")
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        together = model(**batch)
+        for row, sentence in enumerate(SENTENCES):
+            alone = model(input_ids=tokenizer.encode([sentence])["input_ids"])
+            torch.testing.assert_close(together[row, real[row]], alone[0], **TOL,
+                                       msg=f"row {row}: padding changed a real token's hidden state")
+    assert together[~real].abs().sum() == 0, "padding positions must hold zeros"
+
+
 def test_gpt2_greedy_generation_matches_transformers(tiny_checkpoints):
     directory, hf_model = tiny_checkpoints["gpt2"]
     model, tokenizer = load_pretrained(str(directory))
