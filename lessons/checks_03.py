@@ -18,9 +18,9 @@ from minitransformer import Transformer, TransformerConfig
 TOL = dict(rtol=1e-5, atol=1e-5)  # float32 rounding of the same sums in another order
 NO_TOKENIZER = SimpleNamespace(mask_id=None)  # a classifier head on [CLS] never reads the tokenizer
 
-# The committed full run of 03_prompt_tuning.ipynb (MiniLM, SST-2, vocab init, section 3): final dev accuracy
+# The committed full run of 03_prompt_tuning.ipynb (2-core CPU, MiniLM, SST-2, vocab init, section 3): final dev accuracy
 # of a 1-vector and a 20-vector prompt on the first DEV_SIZE dev sentences, same steps and learning rate.
-MEASURED = {"dev_size": 400, "length_1": 0.0, "length_20": 0.0}
+MEASURED = {"dev_size": 400, "length_1": 0.72, "length_20": 0.6075}
 
 
 def tiny_bert(hidden: int = 16) -> Transformer:
