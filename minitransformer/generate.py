@@ -28,8 +28,7 @@ def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.
     eos_id = model.config.eos_token_id if eos_id is None else eos_id
     pad_id = eos_id if pad_id is None else pad_id
     B, T = input_ids.shape
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     P = next((p[0].shape[2] for p in (prefix or []) if p is not None), 0)
     # Positions count real tokens only, so left padding does not shift them; a prefix shifts them by P.
     positions = P + attention_mask.long().cumsum(-1) - 1

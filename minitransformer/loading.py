@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from .config import TransformerConfig
 from .model import Transformer
@@ -28,7 +29,8 @@ KNOWN_EXTRAS = (
     r"(cls\.predictions|lm_head)\.decoder\.(weight|bias)",  # tied to the word embeddings / copy of the bias
     r"cls\.seq_relationship\.(weight|bias)",  # BERT's next-sentence head, unused by prompt methods
 )
-PREFIXES = ("bert.", "roberta.", "transformer.", "model.")
+MLM_HEADS = {"cls.predictions": ("transform.dense", "transform.LayerNorm"),  # BERT's names of the head's
+             "lm_head": ("dense", "layer_norm")}                             # dense and norm; RoBERTa's
 
 
 def convert_checkpoint(config: TransformerConfig, checkpoint: dict[str, torch.Tensor]
@@ -36,10 +38,7 @@ def convert_checkpoint(config: TransformerConfig, checkpoint: dict[str, torch.Te
     """Hugging Face names -> our names. Returns (state_dict, has_mlm_head, has_pooler)."""
     source = {}
     for name, tensor in checkpoint.items():
-        for prefix in PREFIXES:
-            if name.startswith(prefix):
-                name = name[len(prefix):]
-                break
+        name = re.sub(r"^(bert|roberta|transformer|model)\.", "", name)  # the base model's prefix, if any
         name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name))
         source[name] = tensor
     used: set[str] = set()
@@ -92,15 +91,12 @@ def convert_checkpoint(config: TransformerConfig, checkpoint: dict[str, torch.Te
         has_pooler = "pooler.dense.weight" in source
         if has_pooler:
             linear("pooler", "pooler.dense")
-        head = "cls.predictions" if "cls.predictions.bias" in source else "lm_head" if "lm_head.bias" in source else None
+        head = next((h for h in MLM_HEADS if f"{h}.bias" in source), None)
         has_mlm = head is not None
-        if head == "cls.predictions":
-            linear("mlm_head.dense", f"{head}.transform.dense")
-            linear("mlm_head.norm", f"{head}.transform.LayerNorm")
-        elif head == "lm_head":
-            linear("mlm_head.dense", f"{head}.dense")
-            linear("mlm_head.norm", f"{head}.layer_norm")
         if has_mlm:
+            dense, norm = MLM_HEADS[head]
+            linear("mlm_head.dense", f"{head}.{dense}")
+            linear("mlm_head.norm", f"{head}.{norm}")
             state["mlm_head.bias"] = take(f"{head}.bias")
 
     unexpected = [n for n in source if n not in used and not any(re.fullmatch(p, n) for p in KNOWN_EXTRAS)]
@@ -112,7 +108,6 @@ def convert_checkpoint(config: TransformerConfig, checkpoint: dict[str, torch.Te
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     if (directory / "model.safetensors").exists():
-        from safetensors.torch import load_file
         return load_file(str(directory / "model.safetensors"))
     if (directory / "pytorch_model.bin").exists():
         return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)

@@ -44,18 +44,18 @@ KeyValue = tuple[torch.Tensor, torch.Tensor]
 
 
 class Padding:
-    """Where the real tokens of a padded [B, T] batch are, so token-wise layers can skip the padding.
+    """Where the real tokens of a padded [B, T] batch are, so that token-wise layers skip the padding.
 
-    About half of a typical batch of short sentences is padding. Every layer but attention works
-    on each token alone (linear maps, layer norms, dropout, activations), so the blocks carry the
-    real tokens packed as [N, H] and re-pad them only inside attention, which needs [B, T]. The
-    numbers for real tokens are the same; the work shrinks to N / (B x T). (The unpadding trick
-    of FlashAttention's BERT; without padding, `rows` is None and both moves are free reshapes.)
+    About half of a batch of short sentences is padding. Every layer but attention works on each
+    token alone (linear maps, layer norms, dropout), so the blocks carry the N real tokens packed
+    as [N, H] and re-pad them only inside attention: same numbers, N / (B x T) of the work (the
+    unpadding of FlashAttention's BERT). Without padding `rows` is None and both moves are reshapes.
     """
 
-    def __init__(self, token_mask: torch.Tensor | None, B: int, T: int):
+    def __init__(self, attention_mask: torch.Tensor | None, B: int, T: int):
         self.B, self.T = B, T
-        self.rows = None if token_mask is None else token_mask.reshape(-1).nonzero().squeeze(1)  # (N,)
+        tokens = None if attention_mask is None else attention_mask[:, -T:].bool()  # its last T columns: tokens
+        self.rows = None if tokens is None or bool(tokens.all()) else tokens.reshape(-1).nonzero().squeeze(1)  # (N,)
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, H] -> [N, H], the real tokens only."""
@@ -209,7 +209,7 @@ class Transformer(nn.Module):
             x = x + self.token_type_embeddings(types)
 
         mask = self.attention_mask(attention_mask, B, T, P, x.device)  # (B, 1, T or 1, P+T) bool, or None
-        padding = Padding(self.token_mask(attention_mask, T), B, T)
+        padding = Padding(attention_mask, B, T)
         x = padding.unpad(x)  # (N, H): from here on only real tokens, re-padded inside attention
         if self.embedding_norm is not None:
             x = self.embedding_norm(x)
@@ -222,14 +222,6 @@ class Transformer(nn.Module):
             x = self.final_norm(x)
         x = padding.pad(x)  # (B, T, H), zeros at the padding
         return (x, cache) if return_cache else x
-
-    @staticmethod
-    def token_mask(attention_mask: torch.Tensor | None, T: int) -> torch.Tensor | None:
-        """[B, T] True at real tokens (the mask's last T columns), or None when nothing is padding."""
-        if attention_mask is None:
-            return None
-        tokens = attention_mask[:, -T:].bool()
-        return None if bool(tokens.all()) else tokens
 
     def default_position_ids(self, input_ids, attention_mask, B, T, P, device) -> torch.Tensor:
         offset = self.config.position_offset
@@ -275,6 +267,3 @@ class Transformer(nn.Module):
         if self.pooler is None:
             raise ValueError("This checkpoint has no pooler.")
         return torch.tanh(self.pooler(first_token))
-
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

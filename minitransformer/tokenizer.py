@@ -53,16 +53,13 @@ class Tokenizer:
         """Load tokenizer.json, else vocab.txt (WordPiece), else vocab.json + merges.txt (byte-level BPE)."""
         directory = Path(directory)
         config_path = directory / "tokenizer_config.json"
-        lowercase = True
-        if config_path.exists():
-            lowercase = json.loads(config_path.read_text()).get("do_lower_case", True)
+        lowercase = json.loads(config_path.read_text()).get("do_lower_case", True) if config_path.exists() else True
         if (directory / "tokenizer.json").exists():
             backend = Backend.from_file(str(directory / "tokenizer.json"))
         elif (directory / "vocab.txt").exists():
             backend = BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=lowercase)._tokenizer
         elif (directory / "vocab.json").exists() and (directory / "merges.txt").exists():
-            bpe = ByteLevelBPETokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
-            backend = bpe._tokenizer
+            backend = ByteLevelBPETokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))._tokenizer
             if model_type == "roberta":  # <s> A </s></s> B </s>, as RobertaTokenizerFast builds it
                 backend.post_processor = processors.RobertaProcessing(
                     ("</s>", backend.token_to_id("</s>")), ("<s>", backend.token_to_id("<s>")), trim_offsets=True)
@@ -98,16 +95,13 @@ class Tokenizer:
         batch = self._pad([e.ids for e in encodings], [e.type_ids for e in encodings], "right")
         return batch, [e.word_ids for e in encodings]
 
-    def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
+    def decode(self, ids: list[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
+        return self.backend.decode(torch.as_tensor(ids).tolist(), skip_special_tokens=skip_special_tokens)
 
     def _set_truncation(self, max_length: int | None) -> None:
         if max_length is None:
-            self.backend.no_truncation()
-        else:
-            self.backend.enable_truncation(max_length, strategy="longest_first")
+            return self.backend.no_truncation()
+        self.backend.enable_truncation(max_length, strategy="longest_first")
 
     def _pad(self, ids: list[list[int]], type_ids: list[list[int]], side: str) -> dict[str, torch.Tensor]:
         if side not in ("left", "right"):

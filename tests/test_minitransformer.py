@@ -124,6 +124,26 @@ def test_inputs_embeds_match_transformers(kind, tiny_checkpoints):
     torch.testing.assert_close(ours, theirs, **TOL)
 
 
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_padded_inputs_embeds_with_token_types_match_transformers(kind, tiny_checkpoints):
+    """A soft prompt in front of a padded batch (mask and token types cover the prompt), as prompt tuning runs it."""
+    directory, hf_model = tiny_checkpoints[kind]
+    model, tokenizer = load_pretrained(str(directory))
+    batch = tokenizer.encode(SENTENCES, ["it was good", "not bad", "the end"] if kind == "bert" else None)
+    B, n = len(SENTENCES), 4
+    prompt = torch.randn(1, n, model.config.hidden_size, generator=torch.Generator().manual_seed(1)).expand(B, -1, -1)
+    inputs = {"inputs_embeds": torch.cat([prompt, model.word_embeddings(batch["input_ids"])], 1),
+              "attention_mask": torch.cat([torch.ones(B, n, dtype=torch.long), batch["attention_mask"]], 1)}
+    if kind == "bert":
+        assert batch["token_type_ids"].any(), "the test should exercise token types"
+        inputs["token_type_ids"] = torch.cat([torch.zeros(B, n, dtype=torch.long), batch["token_type_ids"]], 1)
+    with torch.no_grad():
+        theirs = hf_model(**inputs, output_hidden_states=True).hidden_states[-1]
+        ours = model(**inputs)
+    m = inputs["attention_mask"]
+    torch.testing.assert_close(masked(ours, m), masked(theirs, m), **TOL, msg="real-token states differ (1e-5)")
+
+
 def test_minilm_matches_transformers_bert(minilm_dir):
     from transformers import BertModel
     sentences = ["a gripping , beautifully acted drama .", "dull .",
@@ -172,6 +192,26 @@ def test_generation_stops_at_eos(tiny_checkpoints):
     assert out.shape[1] == ids.shape[1] + 1 and out[0, -1] == first
 
 
+def test_batched_generation_pads_a_finished_row_until_all_stop(tiny_checkpoints):
+    model, tokenizer = load_pretrained(str(tiny_checkpoints["gpt2"][0]))
+    batch = tokenizer.encode(["the movie was", "a terrible film with a"], padding_side="left")
+    T = batch["input_ids"].shape[1]
+    # Sampling (seeded) so the two rows differ: a finished row still draws, so the other row's draws stay the same.
+    run = lambda seed, **kw: generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=6,
+                                      temperature=1.0, generator=torch.Generator().manual_seed(seed), **kw)
+    for seed in range(20):  # find a run whose row 0 makes, as its second new token, one that row 1 never makes
+        free = run(seed, eos_id=-1)
+        eos = free[0, T + 1].item()
+        if eos not in free[1, T:].tolist() and eos != free[0, T].item():
+            break
+    else:
+        pytest.fail("no seed gave row 0 a token of its own")
+    out = run(seed, eos_id=eos, pad_id=0)
+    assert torch.equal(out[0, :T + 2], free[0, :T + 2]), "row 0 is the same up to and including its eos"
+    assert out[0, T + 2:].tolist() == [0] * (out.shape[1] - T - 2), "after its eos a row is filled with pad_id"
+    assert torch.equal(out[1], free[1]), "the other row goes on, unaffected"
+
+
 # ---- tokenizers -------------------------------------------------------------------------------
 
 def test_minilm_tokenizer_matches_transformers(minilm_dir):
@@ -180,13 +220,14 @@ def test_minilm_tokenizer_matches_transformers(minilm_dir):
     theirs = AutoTokenizer.from_pretrained(minilm_dir)
     texts = ["Hello, World! It's a gripping drama.", "naïve café über-long tokenization", "x"]
     pairs = ["Is it good?", "a much longer second sentence that goes on and on and on", "y"]
-    for kwargs in (dict(), dict(pairs=pairs), dict(pairs=pairs, max_length=12)):
+    for kwargs in (dict(), dict(max_length=6), dict(pairs=pairs), dict(pairs=pairs, max_length=12)):
         mine = ours.encode(texts, kwargs.get("pairs"), max_length=kwargs.get("max_length"))
         ref = theirs(texts, kwargs.get("pairs"), padding=True, truncation="max_length" in kwargs,
                      max_length=kwargs.get("max_length"), return_tensors="pt")
         for key in ("input_ids", "attention_mask", "token_type_ids"):
             assert torch.equal(mine[key], ref[key]), f"{key} differ for {kwargs}"
-    assert ours.mask_id == theirs.mask_token_id and ours.cls_id == theirs.cls_token_id
+    for role in ("mask", "cls", "sep", "pad", "unk"):
+        assert getattr(ours, f"{role}_id") == getattr(theirs, f"{role}_token_id"), f"{role} id differs"
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "roberta"])
@@ -198,7 +239,7 @@ def test_byte_level_bpe_tokenizer_matches_transformers(kind, tiny_checkpoints):
     theirs = cls.from_pretrained(directory)
     texts = ["the movie was great!", " a  terrible film", "naïve"]
     pairs = ["it was good", "not bad at all , the food was awful", "x"] if kind == "roberta" else None
-    for max_length in (None, 6):
+    for max_length, pairs in [(m, p) for m in (None, 6) for p in ([None, pairs] if pairs else [None])]:
         mine = ours.encode(texts, pairs, max_length=max_length)
         for row, text in enumerate(texts):
             ref = theirs(text, pairs[row] if pairs else None, truncation=max_length is not None,
@@ -273,5 +314,5 @@ def test_config_reads_gpt2_defaults():
         "model_type": "gpt2", "vocab_size": 50257, "n_embd": 768, "n_layer": 12, "n_head": 12,
         "n_positions": 1024, "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5})))
     assert config.intermediate_size == 3072 and config.is_decoder and config.type_vocab_size == 0
-    assert Transformer(TransformerConfig(num_layers=1, hidden_size=8, num_heads=2, intermediate_size=8,
-                                         vocab_size=10, max_positions=8)).num_parameters() > 0
+    gpt2_small = sum(p.numel() for p in Transformer(config).parameters())
+    assert gpt2_small == 124_439_808, f"GPT-2 small has 124,439,808 parameters (LM head tied), got {gpt2_small:,}"
