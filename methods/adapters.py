@@ -61,7 +61,7 @@ class AdapterConfig:
 class BottleneckAdapter(nn.Module):
     """h + W_up f(W_down h + b_down) + b_up, the identity at initialisation (W_up = 0, b_up = 0).
 
-    Input shape: [B, T, H]. Output shape: [B, T, H].
+    Input shape: [..., H], one row per token (the model passes its real tokens, [N, H]). Output: the same shape.
     """
 
     def __init__(self, hidden_size: int, bottleneck: int, activation: str = "gelu", init_std: float = 1e-2):
@@ -81,13 +81,13 @@ class BottleneckAdapter(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.up(self.activation(self.down(h)))  # (B, T, H) -> (B, T, m) -> (B, T, H)
+        return h + self.up(self.activation(self.down(h)))  # (..., H) -> (..., m) -> (..., H)
 
 
 class AdapterBiasShift(nn.Module):
     """h_t + alpha(h_t) v: one learned direction v, scaled per token by a linear score alpha.
 
-    Input shape: [B, T, H]. Output shape: [B, T, H].
+    Input shape: [..., H], one row per token (the model passes its real tokens, [N, H]). Output: the same shape.
     """
 
     def __init__(self, hidden_size: int):
@@ -96,7 +96,7 @@ class AdapterBiasShift(nn.Module):
         self.alpha = nn.Linear(hidden_size, 1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.alpha(h) * self.vector  # (B, T, 1) * (H,) -> (B, T, H)
+        return h + self.alpha(h) * self.vector  # (..., 1) * (H,) -> (..., H)
 
 
 class Adapters(FineTuning):

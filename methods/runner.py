@@ -90,10 +90,15 @@ def load_method(model: nn.Module, directory: str | Path) -> dict:
         raise ValueError(f"{directory} was trained for a backbone {meta['backbone']}, but this model is "
                          f"{expected}. Load it into the same kind of model it was trained with.")
     state = load_file(str(directory / "method.safetensors"))
-    own = {n for n, p in model.named_parameters() if p.requires_grad}
-    if set(state) != own:
-        raise KeyError(f"Saved parameters do not match this method: missing {sorted(own - set(state))}, "
-                       f"unexpected {sorted(set(state) - own)}. Were the method's options the same?")
+    own = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(state) != set(own):
+        raise KeyError(f"Saved parameters do not match this method: missing {sorted(set(own) - set(state))}, "
+                       f"unexpected {sorted(set(state) - set(own))}. Were the method's options the same?")
+    for name, tensor in state.items():
+        if tensor.shape != own[name].shape:
+            raise ValueError(f"{directory}: {name} was saved {list(tensor.shape)}, but this method expects "
+                             f"{list(own[name].shape)}. Build it with the options it was trained with (saved in "
+                             f"method.json: {meta['options']}), e.g. the same prompt length and layers.")
     model.load_state_dict(state, strict=False)
     return meta
 

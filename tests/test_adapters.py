@@ -78,6 +78,20 @@ def test_adapterbias_trains_a_vector_and_a_scalar_map_per_layer(tiny_checkpoints
         "v [H] and alpha: H -> 1 per layer, plus the head"
 
 
+def test_adapterbias_shift_is_one_direction_scaled_per_token():
+    shift = AdapterBiasShift(6)
+    with torch.no_grad():
+        shift.vector.copy_(torch.arange(6.0))
+        shift.alpha.weight.normal_()
+    h = torch.randn(5, 6)  # five tokens
+    with torch.no_grad():
+        moved = shift(h) - h
+    scale = h @ shift.alpha.weight.T + shift.alpha.bias  # (5, 1): alpha(h_t), one number per token
+    torch.testing.assert_close(moved, scale * shift.vector, msg="h_t + alpha(h_t) v")
+    assert moved.norm(dim=1).unique().numel() == 5, "the shift's size depends on the token"
+    assert torch.linalg.matrix_rank(moved) == 1, "every token moves along the same direction v"
+
+
 def test_frozen_layer_norms_option_freezes_them(tiny_checkpoints):
     model, _ = build_adapters(tiny_checkpoints["bert"][0], AdapterConfig(bottleneck=8, train_layer_norms=False))
     assert not any(p.requires_grad for n, p in model.named_parameters() if "norm" in n)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from minitransformer import load_pretrained
-from methods.lora import LoRA, LoRAConfig, main
+from methods.lora import LoRA, LoRAConfig, LoRALinear, main
 from tests.helpers import LONG_SENTENCES, TOL, assert_reload_is_exact, masked
 
 peft = pytest.importorskip("peft")
@@ -200,3 +200,23 @@ def test_command_line_trains_and_writes_results(tiny_checkpoints, tmp_path):
                    "--limit-train", "16", "--batch-size", "8", "--rank", "2", "--no-progress", "--out", str(tmp_path)])
     assert (tmp_path / "results.json").exists() and (tmp_path / "method.safetensors").exists()
     assert record["steps"] == 2 and record["trainable_params"] == 2 * 2 * 2 * (32 + 32) + 33 * 2
+
+
+def test_lora_dropout_touches_the_update_path_only_while_training():
+    torch.manual_seed(0)
+    layer = LoRALinear(torch.nn.Linear(16, 8), rank=4, alpha=8.0, dropout=0.5)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(64, 16)
+    with torch.no_grad():
+        frozen = torch.nn.functional.linear(x, layer.weight, layer.bias)
+        evaluated = layer.eval()(x)
+        full_update = (evaluated - frozen) / layer.scaling
+        torch.manual_seed(1)
+        trained = layer.train()(x)
+        torch.manual_seed(1)
+        kept = torch.nn.Dropout(0.5)(x)  # the same mask that layer drew for its input
+    torch.testing.assert_close(evaluated, layer.eval()(x), rtol=0, atol=0, msg="eval: no dropout, deterministic")
+    torch.testing.assert_close(full_update, x @ layer.lora_A.T @ layer.lora_B.T, **TOL)
+    torch.testing.assert_close(trained, frozen + (kept @ layer.lora_A.T @ layer.lora_B.T) * layer.scaling, **TOL,
+                               msg="training: dropout on the update's input, the frozen path untouched")

@@ -182,6 +182,30 @@ def test_loading_a_prefix_trained_for_another_model_is_an_error(tiny_checkpoints
 def test_backbone_is_bit_identical_after_training(tiny_checkpoints):
     method, tokenizer = build(tiny_checkpoints["bert"][0], flat=True)
     assert_trains_only(method, tokenizer, method.prefix.flat_prefix, lr=1e-2, what="the prefix itself")
+    method, tokenizer = build(tiny_checkpoints["bert"][0])
+    assert_trains_only(method, tokenizer, method.prefix.embedding, lr=1e-2, what="the MLP's input embedding")
+
+
+def test_prefix_dropout_acts_while_training_only(tiny_checkpoints):
+    method, _ = build(tiny_checkpoints["bert"][0], prefix_dropout=0.5)  # built in eval mode
+    keys = lambda: torch.cat([k.flatten() for k, _ in filter(None, method.prefix())])
+    with torch.no_grad():
+        evaluated = keys()
+        assert torch.equal(keys(), evaluated), "in eval mode prefix dropout does nothing"
+        method.train()
+        dropped = keys()
+    zeroed = float((dropped == 0).float().mean())
+    assert 0.4 < zeroed < 0.6, f"p=0.5 should zero about half of the prefix while training, zeroed {zeroed:.2f}"
+    kept = dropped != 0
+    torch.testing.assert_close(dropped[kept], 2 * evaluated[kept], msg="the kept values are scaled by 1 / (1 - p)")
+
+
+def test_loading_a_prefix_trained_on_other_layers_is_a_clear_error(tiny_checkpoints, tmp_path):
+    trained, _ = build(tiny_checkpoints["bert"][0], flat=True, layers=[0])
+    save_method(trained, tmp_path, "prefix_tuning", {})
+    other, _ = build(tiny_checkpoints["bert"][0], flat=True)  # every layer: the flat prefix is twice as wide
+    with pytest.raises(ValueError, match=r"prefix\.flat_prefix.* saved \[5, 64\].* expects \[5, 128\].*options"):
+        load_method(other, tmp_path)
 
 
 def test_generation_with_prefix_equals_decoding_without_cache(tiny_checkpoints):
