@@ -7,7 +7,7 @@ written at once; `--resume` skips the ones already done. The output directory ge
     results.json        one record per method and seed (the fields of each method's results.json)
     results.md          the table printed at the end
     curves.png          dev metric against training step, all methods on one chart
-    metric_vs_params.png  final dev metric against trainable parameters (log scale)
+    metric_vs_params.png  best dev metric (the state each run keeps) against trainable parameters (log scale)
     cost.png            seconds per training step and peak memory per method
 
     python -m methods.compare --quick          # a minute-scale first look
@@ -98,7 +98,7 @@ def summarize(records: list[dict], names: list[str]) -> list[dict]:
 
 def markdown_table(rows: list[dict]) -> str:
     metric = next((r["metric"] for r in rows if "metric" in r), "metric")
-    lines = [f"| method | dev {metric} (%) | trainable params | trainable % | s/step | peak memory (MB) | stored (KB) |",
+    lines = [f"| method | best dev {metric} (%) | trainable params | trainable % | s/step | peak memory (MB) | stored (KB) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
@@ -132,7 +132,7 @@ def plot(rows: list[dict], out: Path, title: str) -> None:
         ax.errorbar(r["trainable"], r["dev_mean"], yerr=r["dev_std"], fmt="o", capsize=3)
         ax.annotate(r["method"], (r["trainable"], r["dev_mean"]), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
-    ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel=f"final dev {metric} (%)", title=title)
+    ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel=f"best dev {metric} (%)", title=title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "metric_vs_params.png", dpi=120)
