@@ -60,7 +60,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
     module, extra = METHODS[name]
     run_dir = out / "runs" / f"{name}-seed{seed}"
     argv = [sys.executable, "-m", module, *extra, "--model", args.model, "--task", args.task, "--seed", str(seed),
-            "--out", str(run_dir), "--max-length", str(args.max_length)]
+            "--out", str(run_dir), "--max-length", str(args.max_length), "--skip-test"]
     argv += ["--epochs", str(args.epochs)] + (["--max-steps", str(args.max_steps)] if args.max_steps else [])
     argv += ["--eval-every", str(args.eval_every)] if args.eval_every else []
     argv += ["--data-dir", args.data_dir] if args.data_dir else []

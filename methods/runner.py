@@ -59,6 +59,8 @@ def common_parser(description: str, lr: float | None, epochs: int = 3) -> argpar
                         "examples (quick runs)")
     parser.add_argument("--out", default=None, help="output directory (default: runs/METHOD-TASK)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--skip-test", action="store_true", help="do not score the test split at the end "
+                        "(the compare runner reports dev only)")
     return parser
 
 
@@ -133,7 +135,8 @@ def run(args: argparse.Namespace, method: str, build: Callable, options: dict | 
     result = train_on_task(model, tokenizer, task, config, train_examples, task.splits["dev"], args.batch_size,
                            args.max_length, template, device)
     make = lambda examples: batches(examples, tokenizer, 64, max_length=args.max_length, template=template)
-    test_metric = evaluate(model, make(task.splits["test"]), task.metric, device) if "test" in task.splits else None
+    scored = "test" in task.splits and not getattr(args, "skip_test", False)
+    test_metric = evaluate(model, make(task.splits["test"]), task.metric, device) if scored else None
 
     out = Path(args.out or f"runs/{method}-{task.name}")
     weights = save_method(model, out, method, options or {})

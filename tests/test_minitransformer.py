@@ -70,6 +70,32 @@ def test_padding_is_skipped_and_each_row_equals_its_own_run(kind, tiny_checkpoin
     assert together[~real].abs().sum() == 0, "padding positions must hold zeros"
 
 
+def test_dropout_keeps_each_number_with_probability_1_minus_p_and_rescales():
+    from minitransformer.model import Dropout
+    dropout, x = Dropout(0.25), torch.ones(200, 500)
+    assert torch.equal(dropout.eval()(x), x), "eval mode: identity"
+    torch.manual_seed(0)
+    dropped = dropout.train()(x)
+    assert abs(float((dropped == 0).float().mean()) - 0.25) < 0.01, "a quarter of the numbers are zeroed"
+    assert torch.allclose(dropped[dropped != 0], torch.tensor(1 / 0.75)), "the kept ones are scaled by 1 / (1 - p)"
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_training_attention_by_hand_equals_sdpa(kind, tiny_checkpoints):
+    """On CPU, training with attention dropout computes attention by hand (faster dropout): with a dropout
+    probability too small to drop anything it must give what SDPA gives, padding and causal mask included."""
+    model, tokenizer = load_pretrained(str(tiny_checkpoints[kind][0]))
+    batch = tokenizer.encode(SENTENCES)
+    batch.pop("token_type_ids")
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 1e-12 if module in [layer.attention.dropout for layer in model.layers] else 0.0
+    with torch.no_grad():
+        by_hand = model.train()(**batch)
+        sdpa = model.eval()(**batch)
+    torch.testing.assert_close(by_hand, sdpa, **TOL, msg="attention by hand differs from SDPA")
+
+
 def test_gpt2_greedy_generation_matches_transformers(tiny_checkpoints):
     directory, hf_model = tiny_checkpoints["gpt2"]
     model, tokenizer = load_pretrained(str(directory))
