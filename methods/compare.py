@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--data-dir", default=None, help="directory laid out like ../shared/data")
     parser.add_argument("--epochs", type=int, default=1, help="passes over the training split (same for all)")
     parser.add_argument("--max-steps", type=int, default=None, help="training steps per method (overrides epochs)")
-    parser.add_argument("--eval-every", type=int, default=50, help="steps between dev evaluations")
+    parser.add_argument("--eval-every", type=int, default=100, help="steps between dev evaluations (each one reads "
+                        "the whole dev set: on a CPU they are a good part of the run)")
     parser.add_argument("--max-length", type=int, default=64, help="longest input in tokens")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; several give mean and spread")
     parser.add_argument("--quick", action="store_true", help="20 steps of 16 examples: a first look, and CI")
