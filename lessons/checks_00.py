@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from methods.prompt_tuning import run_with_prompt
 from minitransformer import Transformer, TransformerConfig
-from minitransformer.model import Block
+from minitransformer.model import Block, Padding
 
 TOL = dict(rtol=1e-5, atol=1e-5)  # float32 rounding of the same sums in another order
 
@@ -53,7 +53,8 @@ def check_attention_one_head(attention_one_head) -> None:
         q, k, v = heads(attention.query(x)), heads(attention.key(x)), heads(attention.value(x))
         per_head = [attention_one_head(q[:, h], k[:, h], v[:, h]) for h in range(attention.num_heads)]
         ours = attention.output(torch.cat(per_head, dim=-1))  # heads side by side, then W_o
-        theirs, _ = attention(x, None)
+        theirs, _ = attention(x.reshape(B * T, H), None, Padding(None, B, T))  # it takes tokens packed [B*T, H]
+        theirs = theirs.view(B, T, H)
     torch.testing.assert_close(ours, theirs, **TOL, msg=lambda m: "your heads, concatenated and projected, "
                                f"differ from the model's attention layer: {m}")
 
