@@ -11,7 +11,7 @@ written at once; `--resume` skips the ones already done. The output directory ge
     cost.png            seconds per training step and peak memory per method
 
     python -m methods.compare --quick          # a minute-scale first look
-    python -m methods.compare                  # the default comparison (about 25 minutes on 2 CPU cores)
+    python -m methods.compare                  # the default comparison (26 minutes on 2 CPU cores)
 """
 from __future__ import annotations
 
