@@ -135,7 +135,7 @@ def run(args: argparse.Namespace, method: str, build: Callable, options: dict | 
     result = train_on_task(model, tokenizer, task, config, train_examples, task.splits["dev"], args.batch_size,
                            args.max_length, template, device)
     make = lambda examples: batches(examples, tokenizer, 64, max_length=args.max_length, template=template)
-    scored = "test" in task.splits and not getattr(args, "skip_test", False)
+    scored = "test" in task.splits and not args.skip_test
     test_metric = evaluate(model, make(task.splits["test"]), task.metric, device) if scored else None
 
     out = Path(args.out or f"runs/{method}-{task.name}")
