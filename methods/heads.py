@@ -75,10 +75,13 @@ class TaskHead(nn.Module):
             return is_mask.float().argmax(1) + offset
         return torch.full_like(input_ids[:, 0], offset)
 
-    def forward(self, hidden: torch.Tensor, batch: dict, offset: int = 0) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, batch: dict, offset: int = 0,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """`positions` [B], when given, says where to read instead of [CLS] / [MASK] / the last token."""
         if self.kind == "token":
             return self.linear(self.dropout(hidden[:, offset:]))  # (B, T, C)
-        picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), self.positions(batch, offset)]  # (B, H)
+        positions = self.positions(batch, offset) if positions is None else positions
+        picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), positions]  # (B, H)
         if self.kind == "verbalizer":
             return self.lm_logits(picked, vocab_ids=self.label_word_ids)  # (B, C): label words only
         if self.pool is not None:

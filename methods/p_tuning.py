@@ -23,7 +23,10 @@ An encoder's [CLS] and final [SEP] stay around the whole (the classifier reads [
 Prompt vectors and anchors take the token type of the token before them.
 --shape a,b,c is the paper's shorthand for "{p:a} {text} {p:b} {mask} {p:c}".
 --layout prefix is peft's layout instead: all N prompt vectors before the tokenizer's
-whole output, [CLS] included (the head then reads [CLS] at N); used for parity with peft.
+whole output, [CLS] included (the head then reads [CLS] at N).
+--read prompt puts the classifier on the first prompt vector's output instead of [CLS]:
+with --layout prefix that is position 0, which peft's BertForSequenceClassification pools,
+so the two give the same logits (tested).
 
     python methods/p_tuning.py --task sst2 --template "{p:10} {text} {p:10}" --encoder mlp
 """
@@ -44,6 +47,7 @@ from methods.runner import common_parser, run
 
 ENCODERS = ("lstm", "mlp", "none")
 LAYOUTS = ("template", "prefix")
+READS = ("cls", "prompt")
 # Measured on MiniLM + SST-2 (3 epochs, batch 32, our loop's linear decay to 0): 1e-2 reached 78.9%,
 # 3e-2 80.3%, 3e-3 stayed far behind. peft's anchor used a constant 1e-2, which our decaying
 # schedule only matches on average with a higher peak.
@@ -58,6 +62,7 @@ class PTuningConfig:
     layout: str = "template"                # template | prefix (peft's: all vectors before [CLS])
     num_virtual_tokens: int = 20            # layout="prefix": how many prompt vectors
     head: str = "auto"                      # auto | classifier | verbalizer
+    read: str = "cls"                       # classifier reads: cls ([CLS]) | prompt (the first prompt vector)
 
 
 class PromptEncoder(nn.Module):
@@ -155,6 +160,8 @@ class PTuning(nn.Module):
         super().__init__()
         if config.layout not in LAYOUTS:
             raise ValueError(f"Unknown layout {config.layout!r}; choose one of {', '.join(LAYOUTS)}.")
+        if config.read not in READS:
+            raise ValueError(f"Unknown read position {config.read!r}; choose one of {', '.join(READS)}.")
         if task_kind not in ("classification", "pair"):
             raise ValueError(f"P-tuning here classifies sentences or pairs, not {task_kind!r} tasks; for tagging "
                              "use prompt_tuning.py or p_tuning_v2.py.")
@@ -175,15 +182,20 @@ class PTuning(nn.Module):
         if kind == "verbalizer" and no_mask:
             raise ValueError(f"The verbalizer reads the [MASK], but template {config.template!r} has no {{mask}}: "
                              "add one (e.g. --shape 3,3,3) or use --head classifier.")
+        if config.read == "prompt" and kind != "classifier":
+            raise ValueError(f"--read prompt places the classifier on the first prompt vector, but the head is "
+                             f"a {kind}: use --head classifier (or --read cls).")
         self.head = TaskHead(backbone, tokenizer, num_labels, kind, verbalizer)
         self.saved_contents = ("the pseudo-token embeddings, the prompt encoder and the task head (enough to "
                                "resume training; running the encoder once would give the deployable prompt)")
 
     def forward(self, batch: dict) -> torch.Tensor:
         prompts = self.prompt_encoder()  # (m, H), once per step for the whole batch
+        read_prompt = self.config.read == "prompt"
         if self.config.layout == "prefix":
             hidden = run_with_prompt(self.backbone, prompts, batch)  # (B, m+T, H)
-            return self.head(hidden, batch, offset=prompts.shape[0])
+            # peft's BertForSequenceClassification pools position 0: here the first prompt vector.
+            return self.head(hidden, batch, offset=0 if read_prompt else prompts.shape[0])
         placed = self.place(batch)
         is_prompt = placed["ids"] < 0  # (B, L): prompt slot i is stored as id -(i+1)
         words = self.backbone.word_embeddings(placed["ids"].clamp(min=0))         # (B, L, H)
@@ -193,7 +205,8 @@ class PTuning(nn.Module):
                                token_type_ids=placed["token_type_ids"])           # (B, L, H)
         # The head finds [CLS] at 0, the [MASK] by its id, or the last real token by the mask.
         head_batch = {"input_ids": placed["ids"].clamp(min=0), "attention_mask": placed["attention_mask"]}
-        return self.head(hidden, head_batch, offset=0)
+        first_prompt = is_prompt.float().argmax(1) if read_prompt else None  # (B,)
+        return self.head(hidden, head_batch, offset=0, positions=first_prompt)
 
     def place(self, batch: dict) -> dict[str, torch.Tensor]:
         """Lay each row out as the template says: ids (B, L) with prompt slots as negative ids, its mask and types."""
@@ -258,10 +271,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-virtual-tokens", type=int, default=20, help="for --layout prefix")
     parser.add_argument("--head", choices=("auto", "classifier", "verbalizer"), default="auto",
                         help="auto: label words when the model has an LM head, else a classifier on [CLS]")
+    parser.add_argument("--read", choices=READS, default=PTuningConfig.read, help="where the classifier reads: "
+                        "[CLS], or the first prompt vector's output (peft pools it in its prefix layout)")
     args = parser.parse_args(argv)
     template = shape_template(args.shape) if args.shape else args.template
     config = PTuningConfig(template, args.encoder, args.encoder_hidden, args.layout, args.num_virtual_tokens,
-                           args.head)
+                           args.head, args.read)
 
     def build(backbone: Transformer, tokenizer: Tokenizer, task, _) -> PTuning:
         model = PTuning(backbone, tokenizer, len(task.label_names), config, task.verbalizer, task.kind)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -79,17 +80,60 @@ def test_gpt2_prompt_encoder_matches_peft_in_prefix_layout(tiny_checkpoints):
 
 def test_minilm_prompt_encoder_matches_peft_in_prefix_layout(minilm_dir):
     hf_model = transformers.BertForSequenceClassification.from_pretrained(str(minilm_dir), num_labels=2).eval()
-    ours, tokenizer = tiny_p_tuning(minilm_dir, layout="prefix", num_virtual_tokens=20)
+    ours, tokenizer = tiny_p_tuning(minilm_dir, layout="prefix", num_virtual_tokens=20, read="prompt")
     theirs = peft_encoder_model(hf_model, peft.TaskType.SEQ_CLS, ours, "mlp")
+    copy_classifier(ours, hf_model)
     batch = tokenizer.encode(SENTENCES)
     with torch.no_grad():
-        reference = theirs(**batch, output_hidden_states=True).hidden_states[-1]
+        reference = theirs(**batch, output_hidden_states=True)
         hidden = run_with_prompt(ours.backbone, ours.prompt_encoder(), batch)
-    # peft's classifier pools position 0 (the first prompt vector); ours reads the real [CLS] at position 20,
-    # so the logits differ by design: the hidden states of the real tokens are what both define.
+        logits = ours(batch)
     m = batch["attention_mask"]
-    torch.testing.assert_close(masked(hidden[:, 20:], m), masked(reference[:, 20:], m), rtol=1e-4, atol=1e-4,
-                               msg="MiniLM real-token hidden states differ from peft's (1e-4: 6 real layers)")
+    torch.testing.assert_close(masked(hidden[:, 20:], m), masked(reference.hidden_states[-1][:, 20:], m), rtol=1e-4,
+                               atol=1e-4, msg="MiniLM real-token hidden states differ from peft's (1e-4: 6 real layers)")
+    # peft's classifier pools position 0, the first prompt vector, as --read prompt does.
+    torch.testing.assert_close(logits, reference.logits, rtol=1e-4, atol=1e-4, msg="MiniLM logits differ from peft's")
+
+
+def copy_classifier(ours: PTuning, hf_model) -> None:
+    with torch.no_grad():
+        ours.head.linear.load_state_dict(hf_model.classifier.state_dict())
+
+
+def test_reading_the_first_prompt_gives_peft_sequence_classification_logits(tiny_checkpoints, tmp_path):
+    """peft's BertForSequenceClassification pools position 0, the first prompt vector: --read prompt does too."""
+    torch.manual_seed(0)  # the tiny masked LM has no pooler: a sequence classifier adds one, saved with it
+    hf_model = transformers.BertForSequenceClassification.from_pretrained(str(tiny_checkpoints["bert"][0]),
+                                                                          num_labels=2).eval()
+    hf_model.bert.save_pretrained(tmp_path)  # the backbone with its pooler; the classifier is copied below
+    for file in tiny_checkpoints["bert"][0].iterdir():
+        if not file.name.startswith(("model", "pytorch_model", "config")):
+            shutil.copy(file, tmp_path)  # the tokenizer's files
+    ours, tokenizer = tiny_p_tuning(tmp_path, layout="prefix", num_virtual_tokens=P, encoder_hidden=16, read="prompt")
+    assert ours.backbone.pooler is not None, "the saved classifier's pooler must load"
+    theirs = peft_encoder_model(hf_model, peft.TaskType.SEQ_CLS, ours, "mlp")
+    copy_classifier(ours, hf_model)
+    batch = tokenizer.encode(SENTENCES, PAIRS)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(batch), theirs(**batch).logits, **TOL,
+                                   msg="classifier on the first prompt vector differs from peft's SEQ_CLS logits")
+
+
+def test_read_prompt_in_a_template_reads_the_first_prompt_slot(tiny_checkpoints):
+    model, tokenizer = tiny_p_tuning(tiny_checkpoints["bert"][0], template="{p:2} {text} {p:1}", read="prompt")
+    batch = tokenizer.encode(SENTENCES)
+    hidden = {}
+    model.backbone.register_forward_hook(lambda _, __, output: hidden.update(output=output))
+    with torch.no_grad():
+        logits = model(batch)
+    assert model.head.pool is None, "the tiny masked LM has no pooler: the head reads the hidden state itself"
+    expected = model.head.linear(hidden["output"][:, 1])  # [CLS] at 0, the first prompt at 1
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0, msg="--read prompt must read position 1")
+    with pytest.raises(ValueError, match="first prompt vector, but the head is a verbalizer"):
+        tiny_p_tuning(tiny_checkpoints["bert"][0], head="verbalizer", verbalizer=["was", "the"],
+                      template="{p:2} {text} {mask}", read="prompt")
+    with pytest.raises(ValueError, match="Unknown read position"):
+        tiny_p_tuning(tiny_checkpoints["bert"][0], read="sep")
 
 
 def test_shape_places_prompts_input_and_mask(tiny_checkpoints):
