@@ -37,6 +37,12 @@ def test_resume_skips_finished_runs_and_failures_are_reported(tiny_checkpoints, 
     resumed = subprocess.run(cmd + ["--resume"], check=True, capture_output=True, text=True, timeout=600)
     assert "already done, skipped" in resumed.stdout
     assert (out / "records" / "head_only-seed0.json").read_text() == first, "a finished record is never rewritten"
+    (out / "results.json").unlink()
+    subprocess.run(cmd + ["--resume", "--methods", "template_head,head_only"], check=True, capture_output=True,
+                   timeout=600)
+    summary = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in summary["records"]] == ["template_head", "head_only"], \
+        "results.json holds every record, the skipped ones too"
     broken = subprocess.run(cmd[:-2] + ["--methods", "head_only", "--max-length", "0"], capture_output=True,
                             text=True, timeout=600)
     assert broken.returncode == 0, "one failing method must not stop the comparison"

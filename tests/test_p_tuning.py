@@ -136,6 +136,20 @@ def test_read_prompt_in_a_template_reads_the_first_prompt_slot(tiny_checkpoints)
         tiny_p_tuning(tiny_checkpoints["bert"][0], read="sep")
 
 
+def test_read_input_reads_cls_and_auto_picks_by_architecture(tiny_checkpoints):
+    model, tokenizer = tiny_p_tuning(tiny_checkpoints["bert"][0], template="{p:2} {text} {p:1}", read="input")
+    hidden = {}
+    model.backbone.register_forward_hook(lambda _, __, output: hidden.update(output=output))
+    with torch.no_grad():
+        logits = model(tokenizer.encode(SENTENCES))
+    torch.testing.assert_close(logits, model.head.linear(hidden["output"][:, 0]), rtol=0, atol=0,
+                               msg="--read input must read [CLS] at position 0")
+    assert tiny_p_tuning(tiny_checkpoints["bert"][0])[0].read_prompt, "auto: an encoder reads the first prompt"
+    assert not tiny_p_tuning(tiny_checkpoints["gpt2"][0])[0].read_prompt, "auto: GPT-2 reads its last token"
+    with pytest.raises(ValueError, match="cannot see the input"):
+        tiny_p_tuning(tiny_checkpoints["gpt2"][0], read="prompt")
+
+
 def test_shape_places_prompts_input_and_mask(tiny_checkpoints):
     model, tokenizer = tiny_p_tuning(tiny_checkpoints["bert"][0], template=shape_template("2,1,1"))
     batch = tokenizer.encode(["the movie"])
