@@ -1,4 +1,4 @@
-"""Export a prompt-tuning, prefix-tuning or P-tuning v2 result in peft's adapter format.
+"""Export a prompt-tuning, P-tuning, prefix-tuning or P-tuning v2 result in peft's adapter format.
 
 What a student trains here then runs with the standard library, with the same logits:
 
@@ -10,6 +10,7 @@ adapter_config.json (the config dataclass as JSON) and adapter_model.safetensors
 
     ours                                    adapter_model.safetensors               adapter_config.json
     PromptTuning.virtual_tokens [n, H]      prompt_embeddings [n, H]                PROMPT_TUNING
+    PTuning: prompt_encoder() [n, H]        prompt_embeddings [n, H]                P_TUNING (--layout prefix)
     PrefixEncoder prefix [P, 2 x L x H]     prompt_embeddings [P, 2 x L x H]        PREFIX_TUNING, no projection
     token head: linear (NER)                base_model.classifier.*                 TOKEN_CLS
     classifier, BERT: linear(pooler(CLS))   base_model.classifier.*                 SEQ_CLS (the pooler: the
@@ -22,6 +23,10 @@ The prefix needs no reshaping: per virtual token both sides store [layer 0 keys,
 ...], each H = heads x head_dim wide; peft's get_prompt views it as (P, 2L, heads, head_dim) and permutes it to
 past key values, keys of layer l at 2l and values at 2l + 1, exactly as our PrefixEncoder does.
 The classifier head is peft's `modules_to_save` (a trained copy of the model's classifier module).
+
+P-tuning is exported as its encoder's output, as peft itself saves it (get_prompt_embedding_to_save runs
+the encoder; a model loaded for inference reads the stored vectors and builds no encoder). Without an
+encoder (--encoder none) the vectors are trained directly, which is peft's prompt tuning: exported as such.
 
 The MLP reparameterization is exported ejected: prompt_embeddings = MLP(E), prefix_projection false. peft
 itself stores the same numbers for a projected prefix (get_prompt_embedding_to_save runs the MLP, and a model
@@ -39,6 +44,7 @@ Not representable in peft, hence an error: a verbalizer (peft has no label-word 
 (peft feeds the text unchanged), prefixes on some layers only (peft prompts every layer), a classifier on
 GPT-2 (GPT2ForSequenceClassification's score layer has no bias), a prompt-tuning classifier on an encoder
 (peft's classifier reads position 0, the first virtual token; ours reads the real [CLS] after the prompt),
+P-tuning in a template (peft puts every prompt vector before the input) or reading [CLS] (--read input),
 and a classifier on a checkpoint without a pooler (Bert/RobertaForSequenceClassification always have one).
 Dropout differs only in training (prefix dropout; RoBERTa's head drops before and after dense).
 
@@ -59,6 +65,7 @@ from data.tasks import TASK_SPECS
 from minitransformer import load_pretrained
 from minitransformer.loading import MINILM_NAMES
 
+from methods.p_tuning import PTuning, PTuningConfig
 from methods.p_tuning_v2 import PTuningV2, PTuningV2Config
 from methods.prefix_tuning import PrefixTuning, PrefixTuningConfig
 from methods.prompt_tuning import PromptTuning, PromptTuningConfig
@@ -77,7 +84,7 @@ def linear_tensors(layer: nn.Linear, name: str) -> dict[str, torch.Tensor]:
     return {f"{name}.weight": layer.weight, f"{name}.bias": layer.bias}
 
 
-def head_tensors(method: PromptTuning | PrefixTuning) -> tuple[str, dict[str, torch.Tensor]]:
+def head_tensors(method: PromptTuning | PTuning | PrefixTuning) -> tuple[str, dict[str, torch.Tensor]]:
     """peft's task type and the classifier tensors under peft's names ("base_model." + the transformers name)."""
     head, config = method.head, method.backbone.config
     if head is None:  # prefix tuning for generation: GPT-2's own LM head, nothing to save
@@ -96,6 +103,10 @@ def head_tensors(method: PromptTuning | PrefixTuning) -> tuple[str, dict[str, to
                                  "first virtual token; ours reads the real [CLS] after the prompt. Prompt tuning "
                                  "with a classifier on an encoder cannot be exported: use prefix tuning or "
                                  "P-tuning v2 (their [CLS] stays at position 0), or a token head.")
+    if isinstance(method, PTuning) and not method.read_prompt:
+        raise NotExportableError("peft's sequence classifier reads position 0, the first prompt vector in its "
+                                 "layout; this P-tuning classifier reads [CLS] (--read input). Train with --read "
+                                 "prompt (the default on an encoder) and --layout prefix to export.")
     if head.pool is None:
         raise NotExportableError(f"This {config.model_type} checkpoint has no pooler, so our classifier reads "
                                  "[CLS] directly, but Bert/RobertaForSequenceClassification always pass it through "
@@ -108,14 +119,18 @@ def head_tensors(method: PromptTuning | PrefixTuning) -> tuple[str, dict[str, to
 
 
 def export_peft(method: nn.Module, directory: str | Path, base_model_name_or_path: str) -> Path:
-    """Write `method` (PromptTuning, PrefixTuning or PTuningV2) as a peft adapter in `directory`; return it."""
-    if not isinstance(method, (PromptTuning, PrefixTuning)):
+    """Write `method` (PromptTuning, PTuning, PrefixTuning or PTuningV2) as a peft adapter in `directory`."""
+    if not isinstance(method, (PromptTuning, PTuning, PrefixTuning)):
         raise NotExportableError(f"{type(method).__name__} has no exporter: peft's prompt-learning formats cover "
-                                 "prompt tuning, prefix tuning and P-tuning v2.")
+                                 "prompt tuning, P-tuning, prefix tuning and P-tuning v2.")
     task_type, tensors = head_tensors(method)  # first: a verbalizer's template is not the deeper problem
     if getattr(method, "template", None):
         raise NotExportableError(f"This method was trained on inputs rewritten by the template "
                                  f"{method.template!r}; peft feeds the text unchanged, so the logits would differ.")
+    if isinstance(method, PTuning) and method.config.layout != "prefix":
+        raise NotExportableError(f"This P-tuning run placed its prompt vectors with the template "
+                                 f"{method.config.template!r}; peft puts them all before the input. Train with "
+                                 "--layout prefix to export.")
     config = method.backbone.config
     common = {"task_type": task_type, "base_model_name_or_path": base_model_name_or_path, "inference_mode": True,
               "token_dim": config.hidden_size, "num_attention_heads": config.num_heads,
@@ -124,6 +139,15 @@ def export_peft(method: nn.Module, directory: str | Path, base_model_name_or_pat
     if isinstance(method, PromptTuning):
         prompt = method.virtual_tokens  # (n, H): fed as input embeddings by both
         adapter = {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": prompt.shape[0], "prompt_tuning_init": "RANDOM"}
+    elif isinstance(method, PTuning):
+        with torch.no_grad():
+            prompt = method.prompt_encoder()  # (n, H): the vectors the frozen model reads
+        adapter = {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": prompt.shape[0], "prompt_tuning_init": "RANDOM"}
+        if method.config.encoder != "none":
+            adapter = {"peft_type": "P_TUNING", "num_virtual_tokens": prompt.shape[0],
+                       "encoder_reparameterization_type": method.config.encoder.upper(),
+                       "encoder_hidden_size": method.config.encoder_hidden, "encoder_num_layers": 2,
+                       "encoder_dropout": 0.0}
     else:
         encoder = method.prefix
         if encoder.layers != list(range(config.num_layers)):
@@ -164,6 +188,8 @@ def load_run(run_dir: str | Path, model_name: str | None = None) -> tuple[nn.Mod
     if name == "prompt_tuning":  # the init is overwritten by the saved prompt: random needs no words
         config = replace(PromptTuningConfig(**options), init="random")
         method = PromptTuning(backbone, tokenizer, num_labels, config, task.verbalizer, task.kind)
+    elif name == "p_tuning":
+        method = PTuning(backbone, tokenizer, num_labels, PTuningConfig(**options), task.verbalizer, task.kind)
     elif name.startswith(("prefix_tuning", "p_tuning_v2")):
         method_class, config_class = ((PTuningV2, PTuningV2Config) if name.startswith("p_tuning_v2")
                                       else (PrefixTuning, PrefixTuningConfig))
@@ -171,14 +197,15 @@ def load_run(run_dir: str | Path, model_name: str | None = None) -> tuple[nn.Mod
                               task.templates[0] if task.templates else None)
     else:
         raise NotExportableError(f"{run_dir} holds a {name!r} run; peft's prompt-learning formats cover "
-                                 "prompt_tuning, prefix_tuning and p_tuning_v2 runs.")
+                                 "prompt_tuning, p_tuning, prefix_tuning and p_tuning_v2 runs.")
     load_method(method, run_dir)
     return method.eval(), model_name
 
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", help="the --out directory of a prompt_tuning, prefix_tuning or p_tuning_v2 run")
+    parser.add_argument("run_dir", help="the --out directory of a prompt_tuning, p_tuning, prefix_tuning or "
+                        "p_tuning_v2 run")
     parser.add_argument("--out", required=True, help="directory for adapter_config.json + adapter_model.safetensors")
     parser.add_argument("--model", default=None, help="the base model, if not the one in results.json")
     args = parser.parse_args(argv)

@@ -11,6 +11,8 @@ from safetensors.torch import load_file, save_file
 
 from minitransformer import load_pretrained
 from methods.export_peft import NotExportableError, export_peft, load_run, main
+from methods.p_tuning import PTuning, PTuningConfig
+from methods.p_tuning import main as p_tuning_main
 from methods.p_tuning_v2 import PTuningV2, PTuningV2Config
 from methods.prefix_tuning import PrefixTuning, PrefixTuningConfig
 from methods.prefix_tuning import main as prefix_tuning_main
@@ -77,6 +79,21 @@ def test_prefix_tuning_classifier_matches_peft(kind, flat, pooled_checkpoints, t
                                    "from peft's with our adapter (1e-5: float32 rounding)")
 
 
+@pytest.mark.parametrize("kind, encoder", [("bert", "mlp"), ("roberta", "lstm"), ("bert", "none")])
+def test_p_tuning_classifier_matches_peft(kind, encoder, pooled_checkpoints, tmp_path):
+    """peft's classifier pools position 0, the first prompt vector: P-tuning in peft's layout, read there."""
+    backbone, tokenizer = load_pretrained(str(pooled_checkpoints[kind]))
+    config = PTuningConfig(encoder=encoder, encoder_hidden=16, layout="prefix", num_virtual_tokens=P)
+    ours = export_trained(PTuning(backbone, tokenizer, 3, config), tmp_path, str(pooled_checkpoints[kind]))
+    peft_type = json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"]
+    assert peft_type == ("PROMPT_TUNING" if encoder == "none" else "P_TUNING"), peft_type
+    batch = encode(tokenizer, kind)
+    theirs = peft_logits("AutoModelForSequenceClassification", pooled_checkpoints[kind], tmp_path, batch, num_labels=3)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(batch), theirs, **TOL, msg=f"{kind} P-tuning ({encoder}): logits differ "
+                                   "from peft's with our adapter")
+
+
 @pytest.mark.parametrize("method_class", [PTuningV2, PromptTuning], ids=["p_tuning_v2", "prompt_tuning"])
 @pytest.mark.parametrize("kind", ["bert", "roberta", "gpt2"])
 def test_token_head_matches_peft(kind, method_class, tiny_checkpoints, tmp_path):
@@ -130,12 +147,14 @@ def test_adapter_files_use_peft_names_and_layout(pooled_checkpoints, tmp_path):
     assert torch.equal(tensors["base_model.classifier.out_proj.weight"], ours.head.linear.weight)
 
 
-@pytest.mark.parametrize("method_class", [PrefixTuning, PTuningV2, PromptTuning],
-                         ids=["prefix_tuning", "p_tuning_v2", "prompt_tuning"])
+@pytest.mark.parametrize("method_class", [PrefixTuning, PTuningV2, PromptTuning, PTuning],
+                         ids=["prefix_tuning", "p_tuning_v2", "prompt_tuning", "p_tuning"])
 def test_minilm_matches_peft(method_class, minilm_dir, tmp_path):
     backbone, tokenizer = load_pretrained(str(minilm_dir))
     if method_class is PromptTuning:  # a classifier after a soft prompt cannot be exported: a token head
         ours, auto_class = PromptTuning(backbone, tokenizer, 5, PromptTuningConfig(8), task_kind="ner"), "Token"
+    elif method_class is PTuning:  # peft's layout; the classifier on the first prompt vector, as peft pools
+        ours, auto_class = PTuning(backbone, tokenizer, 5, PTuningConfig(layout="prefix", num_virtual_tokens=8)), "Sequence"
     else:  # the [CLS] classifier through MiniLM's pooler; prefix tuning with its MLP
         config = PTuningV2Config(8) if method_class is PTuningV2 else PrefixTuningConfig(8, mlp_hidden=64)
         ours, auto_class = method_class(backbone, tokenizer, 5, config), "Sequence"
@@ -167,6 +186,21 @@ def test_command_line_exports_a_trained_run(pooled_checkpoints, tmp_path, capsys
                                    f"from {source.name} differs from the run (atol 1e-7: a 2-step head's logits ~1e-2)")
 
 
+def test_command_line_exports_a_p_tuning_run(pooled_checkpoints, tmp_path):
+    run_dir = tmp_path / "run"
+    p_tuning_main(["--model", str(pooled_checkpoints["bert"]), "--task", "builtin_sentiment", "--max-steps", "2",
+                   "--layout", "prefix", "--head", "classifier", "--num-virtual-tokens", "4", "--encoder-hidden", "16",
+                   "--max-length", "32", "--out", str(run_dir), "--no-progress"])
+    trained, _ = load_run(run_dir)
+    batch = encode(load_pretrained(str(pooled_checkpoints["bert"]))[1], "bert")
+    with torch.no_grad():
+        expected = trained(batch)
+    out = main([str(run_dir), "--out", str(tmp_path / "export")])
+    theirs = peft_logits("AutoModelForSequenceClassification", pooled_checkpoints["bert"], out, batch, num_labels=2)
+    torch.testing.assert_close(theirs, expected, rtol=1e-5, atol=1e-7, msg="peft with the exported P-tuning run "
+                               "differs from the run")
+
+
 # ---- what peft cannot represent: a clear error that says why -----------------------------------
 
 def with_template(method):
@@ -184,6 +218,10 @@ NOT_EXPORTABLE = {  # case: (checkpoint, build(backbone, tokenizer), what the er
     "no_pooler": ("bert", lambda b, t: PrefixTuning(b, t, 2, PrefixTuningConfig(P, flat=True)), "has no pooler"),
     "some_layers": ("bert", lambda b, t: PTuningV2(b, t, 5, PTuningV2Config(P, prompt_layers="2"), task_kind="ner"),
                     r"covers layers \[2\] .* gives every layer one"),
+    "p_tuning_template": ("bert+pooler", lambda b, t: PTuning(b, t, 2, PTuningConfig()),
+                          "placed its prompt vectors with the template .* peft puts them all before the input"),
+    "p_tuning_reads_cls": ("bert+pooler", lambda b, t: PTuning(b, t, 2, PTuningConfig(layout="prefix", read="input")),
+                           r"reads \[CLS\] \(--read input\)"),
     "template": ("bert", lambda b, t: with_template(PTuningV2(b, t, 5, PTuningV2Config(P), task_kind="ner")),
                  "template .* peft feeds the text unchanged"),
 }
@@ -205,5 +243,5 @@ def test_other_methods_runs_are_not_exportable(tiny_checkpoints, tmp_path):
     save_method(ours, tmp_path, "lora", {})
     (tmp_path / "results.json").write_text(json.dumps({"model": str(tiny_checkpoints["bert"][0]),
                                                        "task": "builtin_sentiment"}))
-    with pytest.raises(NotExportableError, match="holds a 'lora' run; .* prompt_tuning, prefix_tuning and p_tuning_v2"):
+    with pytest.raises(NotExportableError, match="holds a 'lora' run; .* prompt_tuning, p_tuning, prefix_tuning and p_tuning_v2"):
         main([str(tmp_path), "--out", str(tmp_path / "export")])
