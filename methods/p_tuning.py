@@ -184,7 +184,7 @@ class PTuning(nn.Module):
         kind = choose_head(backbone, task_kind, verbalizer, config.head)
         no_mask = config.layout == "template" and not self.is_decoder and ("mask",) not in self.pieces
         if kind == "verbalizer" and no_mask and config.head == "auto":
-            kind = "classifier"  # the template leaves nowhere to read label words: a [CLS] head it is
+            kind = "classifier"  # the template leaves nowhere to read label words: a classifier it is
         if kind == "verbalizer" and no_mask:
             raise ValueError(f"The verbalizer reads the [MASK], but template {config.template!r} has no {{mask}}: "
                              "add one (e.g. --shape 3,3,3) or use --head classifier.")
@@ -203,11 +203,10 @@ class PTuning(nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         prompts = self.prompt_encoder()  # (m, H), once per step for the whole batch
-        read_prompt = self.read_prompt
         if self.config.layout == "prefix":
             hidden = run_with_prompt(self.backbone, prompts, batch)  # (B, m+T, H)
             # peft's BertForSequenceClassification pools position 0: here the first prompt vector.
-            return self.head(hidden, batch, offset=0 if read_prompt else prompts.shape[0])
+            return self.head(hidden, batch, offset=0 if self.read_prompt else prompts.shape[0])
         placed = self.place(batch)
         is_prompt = placed["ids"] < 0  # (B, L): prompt slot i is stored as id -(i+1)
         words = self.backbone.word_embeddings(placed["ids"].clamp(min=0))         # (B, L, H)
@@ -217,7 +216,7 @@ class PTuning(nn.Module):
                                token_type_ids=placed["token_type_ids"])           # (B, L, H)
         # The head finds [CLS] at 0, the [MASK] by its id, or the last real token by the mask.
         head_batch = {"input_ids": placed["ids"].clamp(min=0), "attention_mask": placed["attention_mask"]}
-        first_prompt = is_prompt.float().argmax(1) if read_prompt else None  # (B,)
+        first_prompt = is_prompt.float().argmax(1) if self.read_prompt else None  # (B,)
         return self.head(hidden, head_batch, offset=0, positions=first_prompt)
 
     def place(self, batch: dict) -> dict[str, torch.Tensor]:
