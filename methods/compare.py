@@ -75,11 +75,6 @@ def run_one(name: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
     return {**record, "method": name, "seed": seed}
 
 
-def write_results(out: Path, args: argparse.Namespace, note: str, records: list[dict]) -> None:
-    (out / "results.json").write_text(json.dumps({"task": args.task, "task_note": note, "model": args.model,
-                                                  "records": records}, indent=2))
-
-
 def summarize(records: list[dict], names: list[str]) -> list[dict]:
     """One row per method: mean and spread over seeds."""
     rows = []
@@ -202,8 +197,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         outcome = f"failed: {record['error']}" if "error" in record else \
             f"dev {record['metric']} {100 * record['dev_metric']:.1f}%"
         print(f"    {outcome} ({time.perf_counter() - start:.0f} s)", flush=True)
-        write_results(out, args, note, records)
-    write_results(out, args, note, records)  # again: --resume may have skipped every run, or the last ones
+    # Once, with every record: each run's record is already saved in records/ the moment it ends.
+    (out / "results.json").write_text(json.dumps({"task": args.task, "task_note": note, "model": args.model,
+                                                  "records": records}, indent=2))
 
     rows = summarize(records, names)
     table = markdown_table(rows)

@@ -142,12 +142,12 @@ def export_peft(method: nn.Module, directory: str | Path, base_model_name_or_pat
     elif isinstance(method, PTuning):
         with torch.no_grad():
             prompt = method.prompt_encoder()  # (n, H): the vectors the frozen model reads
-        adapter = {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": prompt.shape[0], "prompt_tuning_init": "RANDOM"}
-        if method.config.encoder != "none":
-            adapter = {"peft_type": "P_TUNING", "num_virtual_tokens": prompt.shape[0],
-                       "encoder_reparameterization_type": method.config.encoder.upper(),
-                       "encoder_hidden_size": method.config.encoder_hidden, "encoder_num_layers": 2,
-                       "encoder_dropout": 0.0}
+        adapter = ({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": prompt.shape[0], "prompt_tuning_init": "RANDOM"}
+                   if method.config.encoder == "none" else
+                   {"peft_type": "P_TUNING", "num_virtual_tokens": prompt.shape[0],
+                    "encoder_reparameterization_type": method.config.encoder.upper(),
+                    "encoder_hidden_size": method.config.encoder_hidden, "encoder_num_layers": 2,
+                    "encoder_dropout": 0.0})
     else:
         encoder = method.prefix
         if encoder.layers != list(range(config.num_layers)):

@@ -280,8 +280,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--layout", choices=LAYOUTS, default="template", help="prefix: peft's layout, all "
                         "--num-virtual-tokens vectors before [CLS]")
     parser.add_argument("--num-virtual-tokens", type=int, default=20, help="for --layout prefix")
-    parser.add_argument("--head", choices=("auto", "classifier", "verbalizer"), default="auto",
-                        help="auto: label words when the model has an LM head, else a classifier on [CLS]")
+    parser.add_argument("--head", choices=("auto", "classifier", "verbalizer"), default="auto", help="auto: "
+                        "label words when the model has an LM head, else a classifier (reading where --read says)")
     parser.add_argument("--read", choices=READS, default=PTuningConfig.read, help="where a classifier reads: "
                         "prompt: the first prompt vector's output (encoders; peft pools it in its prefix layout); "
                         "input: [CLS] (GPT-2: the last token); auto: prompt on an encoder, input on GPT-2")
