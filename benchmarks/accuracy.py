@@ -23,8 +23,8 @@ import torch
 
 from data import load_task
 from methods import fine_tuning, lora, p_tuning, p_tuning_v2, prefix_tuning, prompt_tuning
-from methods.runner import train_on_task
-from methods.training import TrainConfig, count_parameters, set_seed
+from methods.shared.pipeline import train_on_task
+from methods.shared.training import TrainConfig, count_parameters, set_seed
 
 from sides import METHODS, build_ours, build_theirs
 

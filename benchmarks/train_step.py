@@ -24,7 +24,7 @@ from contextlib import nullcontext
 import torch
 
 from data import batches, load_task
-from methods.training import task_loss
+from methods.shared.training import task_loss
 
 from sides import VIRTUAL_TOKENS, build_ours, build_theirs
 

@@ -12,6 +12,7 @@ from collections import defaultdict
 from typing import Iterator
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from .prompts import apply_template
 from .readers import NER_TAGS, Example, NerExample, TableExample
@@ -147,3 +148,31 @@ def k_shot(examples: list[Example], k: int, seed: int = 0) -> list[Example]:
         chosen.extend(rng.sample(by_label[label], k))
     rng.shuffle(chosen)
     return chosen
+
+
+def table_prompt(source: str) -> str:
+    """What a causal LM reads before it writes a table's text: the linearized table, then " ||" (Li & Liang's E2E files)."""
+    return f"{source} ||"
+
+
+def causal_lm_batches(examples: list[TableExample], tokenizer, batch_size: int, shuffle: bool = False,
+                      seed: int = 0, max_length: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Training batches for a causal LM: "source ||" + " reference" + eos, one row per reference.
+
+    labels [B, T]: labels[t] = token t + 1 where that token belongs to the reference (or is eos),
+    else -100, so only the reference is learned (the LM loss of Li & Liang)."""
+    pairs = [(e.source, reference) for e in examples for reference in e.references]
+    if shuffle:
+        random.Random(seed).shuffle(pairs)
+    for start in range(0, len(pairs), batch_size):
+        rows, prompt_lengths = [], []
+        for source, reference in pairs[start:start + batch_size]:
+            prompt = tokenizer.token_ids(table_prompt(source))
+            rows.append((prompt + tokenizer.token_ids(" " + reference) + [tokenizer.eos_id])[:max_length])
+            prompt_lengths.append(len(prompt))
+        input_ids = pad_sequence([torch.tensor(r) for r in rows], batch_first=True, padding_value=tokenizer.pad_id)
+        labels = torch.full_like(input_ids, IGNORE_INDEX)  # (B, T)
+        for i, (ids, prompt_length) in enumerate(zip(rows, prompt_lengths)):
+            labels[i, prompt_length - 1:len(ids) - 1] = torch.tensor(ids[prompt_length:])
+        mask = pad_sequence([torch.ones(len(r), dtype=torch.long) for r in rows], batch_first=True)
+        yield {"input_ids": input_ids, "attention_mask": mask, "labels": labels}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from methods.prompt_tuning import run_with_prompt
+from methods.shared.prompting import run_with_prompt
 from minitransformer import Transformer, TransformerConfig
 from minitransformer.model import Block, Padding
 
@@ -94,7 +94,7 @@ def check_prepend_prompt(prepend_prompt) -> None:
         ours = model(inputs_embeds=embeds, attention_mask=mask)
         theirs = run_with_prompt(model, prompt, batch)  # the project's prompt tuning does the same
     torch.testing.assert_close(ours, theirs, **TOL, msg=lambda m: "the model's output on your input differs "
-                               f"from methods.prompt_tuning.run_with_prompt: {m}")
+                               f"from methods.shared.prompting.run_with_prompt: {m}")
 
 
 EXERCISES = {

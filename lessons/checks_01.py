@@ -28,7 +28,7 @@ def trainable_names(module: torch.nn.Module) -> set[str]:
 def check_freeze_all_but_top(freeze_all_but_top) -> None:
     for model_type in ("bert", "gpt2"):
         for k in (1, 3):
-            reference = FineTuning(tiny_backbone(model_type), NO_TOKENIZER, 2, FineTuningConfig(mode="top-k", layers=k))
+            reference = FineTuning(tiny_backbone(model_type), NO_TOKENIZER, 2, FineTuningConfig(mode="top-k", top_layers=k))
             expected = trainable_names(reference.backbone)
             backbone = tiny_backbone(model_type)
             returned = freeze_all_but_top(backbone, k)
@@ -46,7 +46,7 @@ def check_freeze_all_but_top(freeze_all_but_top) -> None:
 
 def check_storage_bytes(storage_bytes) -> None:
     for mode in ("full", "head", "top-k"):
-        model = FineTuning(tiny_backbone(pooler=True), NO_TOKENIZER, 3, FineTuningConfig(mode=mode, layers=1))
+        model = FineTuning(tiny_backbone(pooler=True), NO_TOKENIZER, 3, FineTuningConfig(mode=mode, top_layers=1))
         params = list(model.parameters())  # each parameter once, even if two modules share it
         trainable = sum(p.numel() for p in params if p.requires_grad)
         frozen = sum(p.numel() for p in params if not p.requires_grad)

@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from methods.prompt_tuning import PromptTuning, PromptTuningConfig, run_with_prompt
+from methods.prompt_tuning import PromptTuning, PromptTuningConfig
+from methods.shared.prompting import run_with_prompt
 from minitransformer import Transformer, TransformerConfig
 
 TOL = dict(rtol=1e-5, atol=1e-5)  # float32 rounding of the same sums in another order
@@ -55,7 +56,7 @@ def check_cls_after_prompt(cls_after_prompt) -> None:
         raise AssertionError("the second sentence lost its token type 1: give the prompt type 0 and keep the "
                              "batch's token_type_ids after it ([B, n+T])")
     if not torch.allclose(got, hidden[:, n], **TOL):
-        raise AssertionError("your [CLS] state differs from methods.prompt_tuning.run_with_prompt's at position n: "
+        raise AssertionError("your [CLS] state differs from methods.shared.prompting.run_with_prompt's at position n: "
                              "check the order [prompt ; words], the mask (ones for the prompt) and the token types")
     model = PromptTuning(backbone, NO_TOKENIZER, 2, PromptTuningConfig(4, "random", head="classifier")).eval()
     with torch.no_grad():

@@ -14,7 +14,7 @@ from minitransformer import Tokenizer, Transformer, TransformerConfig, load_pret
 from minitransformer.loading import resolve
 from methods.p_tuning_v2 import PTuningV2, PTuningV2Config
 from methods.prompt_tuning import PromptTuning, PromptTuningConfig
-from methods.training import count_parameters
+from methods.shared.training import count_parameters
 
 
 @lru_cache(maxsize=1)

@@ -15,8 +15,8 @@ from torch import nn
 
 from data import Task, load_task
 from data import DataNotFoundError, DownloadError
-from methods.runner import train_on_task
-from methods.training import TrainConfig, TrainResult, get_device
+from methods.shared.pipeline import train_on_task
+from methods.shared.training import TrainConfig, TrainResult, get_device
 
 FAST = os.environ.get("LESSON_FAST", "0") == "1"
 MODEL = os.environ.get("LESSON_MODEL", "all-MiniLM-L6-v2")  # the offline default; any name load_pretrained takes

@@ -34,7 +34,7 @@ Both plug into the `attention_adapter` / `mlp_adapter` slots of minitransformer'
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -43,7 +43,8 @@ from minitransformer import Tokenizer, Transformer
 from minitransformer.model import ACTIVATIONS
 
 from methods.fine_tuning import FineTuning, FineTuningConfig
-from methods.runner import common_parser, run
+from methods.shared.options import option, positive_int
+from methods.shared.pipeline import parse_command_line, run
 
 KINDS = ("houlsby", "adapterbias")
 DEFAULT_LR = {"houlsby": 1e-3, "adapterbias": 3e-3}
@@ -51,11 +52,16 @@ DEFAULT_LR = {"houlsby": 1e-3, "adapterbias": 3e-3}
 
 @dataclass
 class AdapterConfig:
-    kind: str = "houlsby"             # houlsby (bottleneck, both sublayers) | adapterbias (feed-forward only)
-    bottleneck: int = 64              # m, the bottleneck width of a Houlsby adapter
-    activation: str = "gelu"          # f, the bottleneck's nonlinearity
-    init_std: float = 1e-2            # W_down ~ N(0, init_std^2), as Houlsby et al.: near zero, near identity
-    train_layer_norms: bool = True    # Houlsby et al. train the LayerNorm gains and biases as well
+    kind: str = option("houlsby", "houlsby: bottleneck adapters after both sublayers; adapterbias: a per-token "
+                       "shift after the feed-forward only", choices=KINDS)
+    bottleneck: int = option(64, "houlsby: the bottleneck width m", type=positive_int)
+    activation: str = option("gelu", "houlsby: the bottleneck's nonlinearity f", choices=tuple(ACTIVATIONS))
+    init_std: float = option(1e-2, "W_down ~ N(0, init_std^2), as Houlsby et al.: near zero, near the identity")
+    train_layer_norms: bool = option(True, "train the LayerNorm gains and biases too (Houlsby et al.)")
+
+    @property
+    def default_lr(self) -> float:
+        return DEFAULT_LR[self.kind]
 
 
 class BottleneckAdapter(nn.Module):
@@ -108,11 +114,11 @@ class Adapters(FineTuning):
     """
 
     def __init__(self, backbone: Transformer, tokenizer: Tokenizer, num_labels: int, config: AdapterConfig,
-                 task_kind: str = "classification"):
+                 task_kind: str = "classification", verbalizer: list[str] | None = None):
         super().__init__(backbone, tokenizer, num_labels, FineTuningConfig(mode="head"), task_kind)
         if config.kind not in KINDS:
             raise ValueError(f"Unknown adapter kind {config.kind!r}; choose one of {', '.join(KINDS)}.")
-        self.adapter_config = config
+        self.config = config
         H = backbone.config.hidden_size
         for layer in backbone.layers:
             if not (isinstance(layer.attention_adapter, nn.Identity) and isinstance(layer.mlp_adapter, nn.Identity)):
@@ -131,20 +137,9 @@ class Adapters(FineTuning):
                                                   else "") + "and the task head; the backbone is not saved")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = common_parser(__doc__, lr=None)
-    parser.add_argument("--kind", choices=KINDS, default="houlsby", help="bottleneck adapters or AdapterBias")
-    parser.add_argument("--bottleneck", type=int, default=64, help="houlsby: bottleneck width m")
-    parser.add_argument("--activation", choices=list(ACTIVATIONS), default="gelu", help="houlsby: nonlinearity f")
-    parser.add_argument("--frozen-layer-norms", action="store_true", help="keep the LayerNorms frozen too "
-                        "(default: they train, as in Houlsby et al.)")
-    args = parser.parse_args(argv)
-    args.lr = args.lr or DEFAULT_LR[args.kind]
-    config = AdapterConfig(kind=args.kind, bottleneck=args.bottleneck, activation=args.activation,
-                           train_layer_norms=not args.frozen_layer_norms)
-    name = {"houlsby": f"adapters_m{args.bottleneck}", "adapterbias": "adapter_bias"}[args.kind]
-    build = lambda backbone, tokenizer, task, _: Adapters(backbone, tokenizer, len(task.label_names), config, task.kind)
-    return run(args, name, build, asdict(config))
+def main(argv: list[str] | None = None):
+    config, options = parse_command_line(AdapterConfig, __doc__, argv)
+    return run(config, options)[1]
 
 
 if __name__ == "__main__":

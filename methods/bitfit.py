@@ -16,18 +16,25 @@ pooler's; the masked-LM head's, unused by a classifier, stay frozen.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
+from dataclasses import dataclass
 
 from minitransformer import Tokenizer, Transformer
 
 from methods.fine_tuning import FineTuning, FineTuningConfig
-from methods.runner import common_parser, run
+from methods.shared.options import option
+from methods.shared.pipeline import parse_command_line, run
+
+DEFAULT_LR = 1e-3
 
 
 @dataclass
 class BitFitConfig:
-    head: str = "auto"  # auto: token head for sequence labelling, else classifier
+    head: str = option("auto", "task head (auto: a token head for sequence labelling, else a classifier)",
+                       choices=("auto", "classifier", "token"))
+
+    @property
+    def default_lr(self) -> float:
+        return DEFAULT_LR
 
 
 def bias_names(backbone: Transformer) -> list[str]:
@@ -43,20 +50,18 @@ class BitFit(FineTuning):
     """
 
     def __init__(self, backbone: Transformer, tokenizer: Tokenizer, num_labels: int, config: BitFitConfig,
-                 task_kind: str = "classification"):
+                 task_kind: str = "classification", verbalizer: list[str] | None = None):
         super().__init__(backbone, tokenizer, num_labels, FineTuningConfig(mode="head", head=config.head), task_kind)
+        self.config = config
         parameters = dict(backbone.named_parameters())
         for name in bias_names(backbone):
             parameters[name].requires_grad_(True)
         self.saved_contents = "every bias of the backbone (all else is the pretrained checkpoint) and the task head"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = common_parser(__doc__, lr=1e-3)
-    args = parser.parse_args(argv)
-    config = BitFitConfig()
-    build = lambda backbone, tokenizer, task, _: BitFit(backbone, tokenizer, len(task.label_names), config, task.kind)
-    return run(args, "bitfit", build, asdict(config))
+def main(argv: list[str] | None = None):
+    config, options = parse_command_line(BitFitConfig, __doc__, argv)
+    return run(config, options)[1]
 
 
 if __name__ == "__main__":

@@ -23,24 +23,30 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-
 from data import DataNotFoundError, load_task
-from methods.runner import DEFAULT_MODEL
+from methods import registry
+from methods.shared.options import DEFAULT_MODEL, to_argv
+from methods.shared.plots import plot_comparison
 
-# name -> (module, extra arguments); the order is the order of the table.
-METHODS: dict[str, tuple[str, list[str]]] = {
-    "head_only": ("methods.fine_tuning", ["--mode", "head"]),
-    "template_head": ("methods.hard_prompt", ["--mode", "template-head"]),
-    "prompt_tuning": ("methods.prompt_tuning", []),
-    "p_tuning": ("methods.p_tuning", []),
-    "prefix_tuning": ("methods.prefix_tuning", []),
-    "p_tuning_v2": ("methods.p_tuning_v2", []),
-    "bitfit": ("methods.bitfit", []),
-    "adapters": ("methods.adapters", []),
-    "lora": ("methods.lora", []),
-    "full_fine_tuning": ("methods.fine_tuning", ["--mode", "full"]),
-}
+# The line-up, in the order of the table: each method with the options that set its variant apart.
+LINEUP: list[tuple[str, dict]] = [
+    ("fine_tuning", {"mode": "head"}), ("hard_prompt", {"mode": "template-head"}), ("prompt_tuning", {}),
+    ("p_tuning", {}), ("prefix_tuning", {}), ("p_tuning_v2", {}), ("bitfit", {}), ("adapters", {}), ("lora", {}),
+    ("fine_tuning", {"mode": "full"}),
+]
+
+
+def lineup() -> dict[str, tuple[str, list[str]]]:
+    """run name -> (module, its extra command-line words), the names as the registry gives them."""
+    entries = {}
+    for name, overrides in LINEUP:
+        method = registry.get(name)
+        config = method.config_class(**overrides)
+        entries[registry.run_name(config)] = (method.module, to_argv(method.config_class, overrides))
+    return entries
+
+
+METHODS: dict[str, tuple[str, list[str]]] = lineup()
 # Quick mode: exactly 20 steps of 16 examples for every method, however small the training split
 # (max-steps decides); a first look at every method in about two minutes on a laptop CPU.
 QUICK = ["--max-steps", "20", "--epochs", "1000", "--batch-size", "16", "--limit-train", "320", "--eval-every", "10"]
@@ -72,7 +78,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
         last_lines = (completed.stderr or "").strip().splitlines()[-3:]
         return {"method": name, "seed": seed, "error": " | ".join(last_lines) or f"exit code {completed.returncode}"}
     record = json.loads((run_dir / "results.json").read_text())
-    return {**record, "method": name, "seed": seed}
+    return {**record, "method": name, "seed": seed}  # filed under the line-up's name (= the record's run_name)
 
 
 def summarize(records: list[dict], names: list[str]) -> list[dict]:
@@ -112,43 +118,8 @@ def markdown_table(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], out: Path, title: str) -> None:
     rows = [r for r in rows if "error" not in r]
-    if not rows:
-        return
-    metric = rows[0]["metric"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in rows:  # mean curve over seeds (all seeds share the evaluation steps)
-        points = [[p for p in h if "dev_metric" in p] for h in r["histories"]]
-        steps = [p["step"] for p in points[0]]
-        means = [100 * statistics.mean(run[i]["dev_metric"] for run in points) for i in range(len(steps))]
-        ax.plot(steps, means, marker=".", label=r["method"])
-    ax.set(xlabel="training step", ylabel=f"dev {metric} (%)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=120)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows:
-        ax.errorbar(r["trainable"], r["dev_mean"], yerr=r["dev_std"], fmt="o", capsize=3)
-        ax.annotate(r["method"], (r["trainable"], r["dev_mean"]), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")
-    ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel=f"best dev {metric} (%)", title=title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "metric_vs_params.png", dpi=120)
-
-    fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
-    names = [r["method"] for r in rows]
-    time_ax.barh(names, [r["step_s"] for r in rows])
-    time_ax.set(xlabel="seconds per training step", title="time")
-    memory_ax.barh(names, [r["memory_mb"] for r in rows])
-    memory_ax.set(xlabel="peak memory (MB)", title="memory (process peak on CPU)")
-    for ax in (time_ax, memory_ax):
-        ax.invert_yaxis()
-        ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    fig.savefig(out / "cost.png", dpi=120)
-    plt.close("all")
+    if rows:
+        plot_comparison(rows, out, title)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -54,26 +54,25 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from data.tasks import TASK_SPECS
-from minitransformer import load_pretrained
 from minitransformer.loading import MINILM_NAMES
 
-from methods.p_tuning import PTuning, PTuningConfig
-from methods.p_tuning_v2 import PTuningV2, PTuningV2Config
-from methods.prefix_tuning import PrefixTuning, PrefixTuningConfig
-from methods.prompt_tuning import PromptTuning, PromptTuningConfig
-from methods.runner import load_method
+from methods.p_tuning import PTuning
+from methods.prefix_tuning import PrefixTuning
+from methods.prompt_tuning import PromptTuning
+from methods.shared.pipeline import load_method
 
 # The transformers class to load the base model with, per peft task type.
 AUTO_CLASSES = {"SEQ_CLS": "AutoModelForSequenceClassification", "TOKEN_CLS": "AutoModelForTokenClassification",
                 "CAUSAL_LM": "AutoModelForCausalLM"}
+
+
+EXPORTABLE = ("prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2")  # registry names
 
 
 class NotExportableError(ValueError):
@@ -124,7 +123,7 @@ def export_peft(method: nn.Module, directory: str | Path, base_model_name_or_pat
         raise NotExportableError(f"{type(method).__name__} has no exporter: peft's prompt-learning formats cover "
                                  "prompt tuning, P-tuning, prefix tuning and P-tuning v2.")
     task_type, tensors = head_tensors(method)  # first: a verbalizer's template is not the deeper problem
-    if getattr(method, "template", None):
+    if method.template:
         raise NotExportableError(f"This method was trained on inputs rewritten by the template "
                                  f"{method.template!r}; peft feeds the text unchanged, so the logits would differ.")
     if isinstance(method, PTuning) and method.config.layout != "prefix":
@@ -168,38 +167,17 @@ def export_peft(method: nn.Module, directory: str | Path, base_model_name_or_pat
 
 
 def load_run(run_dir: str | Path, model_name: str | None = None) -> tuple[nn.Module, str]:
-    """Rebuild and load a method saved by a method command line (method.json + method.safetensors).
-
-    The model and task come from results.json in `run_dir` or its parent (prefix tuning's `deploy/`).
-    Returns (method, model name)."""
+    """Rebuild and load a method saved by a method command line (OUT/method.json + method.safetensors, or
+    prefix tuning's OUT/deploy), through the registry. Returns (method, model name)."""
     run_dir = Path(run_dir)
     if not (run_dir / "method.json").exists():
         raise FileNotFoundError(f"{run_dir} has no method.json: pass the --out directory of a method command line.")
     meta = json.loads((run_dir / "method.json").read_text())
-    results = next((d / "results.json" for d in (run_dir, run_dir.parent) if (d / "results.json").exists()), None)
-    if results is None:
-        raise FileNotFoundError(f"No results.json in {run_dir} or its parent to say which task (and model) the "
-                                "method was trained for; pass the --out directory of a method command line.")
-    record = json.loads(results.read_text())
-    model_name, name, options = model_name or record["model"], meta["method"], meta["options"]
-    task = TASK_SPECS[record["task"]]  # the head's kind and label count; no data needed
-    num_labels = len(task.label_names)
-    backbone, tokenizer = load_pretrained(model_name)
-    if name == "prompt_tuning":  # the init is overwritten by the saved prompt: random needs no words
-        config = replace(PromptTuningConfig(**options), init="random")
-        method = PromptTuning(backbone, tokenizer, num_labels, config, task.verbalizer, task.kind)
-    elif name == "p_tuning":
-        method = PTuning(backbone, tokenizer, num_labels, PTuningConfig(**options), task.verbalizer, task.kind)
-    elif name.startswith(("prefix_tuning", "p_tuning_v2")):
-        method_class, config_class = ((PTuningV2, PTuningV2Config) if name.startswith("p_tuning_v2")
-                                      else (PrefixTuning, PrefixTuningConfig))
-        method = method_class(backbone, tokenizer, num_labels, config_class(**options), task.kind, task.verbalizer,
-                              task.templates[0] if task.templates else None)
-    else:
-        raise NotExportableError(f"{run_dir} holds a {name!r} run; peft's prompt-learning formats cover "
-                                 "prompt_tuning, p_tuning, prefix_tuning and p_tuning_v2 runs.")
-    load_method(method, run_dir)
-    return method.eval(), model_name
+    if meta["method"] not in EXPORTABLE:
+        raise NotExportableError(f"{run_dir} holds a {meta['method']!r} run; peft's prompt-learning formats cover "
+                                 f"{', '.join(EXPORTABLE[:-1])} and {EXPORTABLE[-1]} runs.")
+    method, _ = load_method(run_dir, model_name)
+    return method, model_name or meta["model"]
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -7,18 +7,20 @@ task then stores a whole model copy. Two cheaper baselines train less:
 * head:     a linear probe, only the new classification head on the frozen model
 * top-k:    the head plus the last k Transformer layers (the "tune the last layers" baseline)
 
-    python methods/fine_tuning.py --mode top-k --layers 2 --task sst2
+    python methods/fine_tuning.py --mode top-k --top-layers 2 --task sst2
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from torch import nn
 
 from minitransformer import Tokenizer, Transformer
 
-from methods.heads import TaskHead, freeze
-from methods.runner import common_parser, run
+from methods.shared.heads import TaskHead, freeze
+from methods.shared.options import option
+from methods.shared.pipeline import parse_command_line, run
+from methods.shared.prompting import choose_head, read_positions
 
 MODES = ("full", "head", "top-k")
 # A frozen body needs a much larger step on the few weights that do train.
@@ -27,9 +29,15 @@ DEFAULT_LR = {"full": 5e-5, "head": 5e-3, "top-k": 2e-4}
 
 @dataclass
 class FineTuningConfig:
-    mode: str = "full"        # full | head | top-k
-    layers: int = 2           # for top-k: how many of the last layers to train
-    head: str = "auto"        # auto: token head for sequence labelling, else classifier
+    mode: str = option("full", "which parameters train: every one, the head only, or the head and the top layers",
+                       choices=MODES)
+    top_layers: int = option(2, "top-k mode: how many of the last layers train")
+    head: str = option("auto", "task head (auto: a token head for sequence labelling, else a classifier)",
+                       choices=("auto", "classifier", "token"))
+
+    @property
+    def default_lr(self) -> float:
+        return DEFAULT_LR[self.mode]
 
 
 class FineTuning(nn.Module):
@@ -39,39 +47,43 @@ class FineTuning(nn.Module):
     """
 
     def __init__(self, backbone: Transformer, tokenizer: Tokenizer, num_labels: int, config: FineTuningConfig,
-                 task_kind: str = "classification"):
+                 task_kind: str = "classification", verbalizer: list[str] | None = None):
         super().__init__()
         if config.mode not in MODES:
             raise ValueError(f"Unknown mode {config.mode!r}; choose one of {', '.join(MODES)}.")
         n_layers = backbone.config.num_layers
-        if config.mode == "top-k" and not 1 <= config.layers <= n_layers:
-            raise ValueError(f"--layers must be between 1 and {n_layers} for this model, got {config.layers}.")
-        self.backbone, self.config = backbone, config
-        head = config.head if config.head != "auto" else ("token" if task_kind == "ner" else "classifier")
-        self.head = TaskHead(backbone, tokenizer, num_labels, head)
+        if config.mode == "top-k" and not 1 <= config.top_layers <= n_layers:
+            raise ValueError(f"--top-layers must be between 1 and {n_layers} for this model, got {config.top_layers}.")
+        self.backbone, self.config, self.mask_id = backbone, config, tokenizer.mask_id
+        self.template, self.prompt_length = None, 0  # the plain input, nothing in front of it
+        kind = choose_head(config.head, task_kind, backbone, verbalizer, prefers_label_words=False)
+        self.head = TaskHead(backbone, tokenizer, num_labels, kind, verbalizer)
         if config.mode != "full":
             freeze(backbone)
         if config.mode == "top-k":
-            for layer in backbone.layers[n_layers - config.layers:]:
+            for layer in backbone.layers[n_layers - config.top_layers:]:
                 layer.requires_grad_(True)
             if backbone.final_norm is not None:  # GPT-2's last norm sits above the top layer
                 backbone.final_norm.requires_grad_(True)
+        self.saved_contents = ("every parameter" if config.mode == "full" else "the trained layers and the task head"
+                               if config.mode == "top-k" else "the task head") + " (the trainable parameters)"
+
+    @classmethod
+    def for_task(cls, backbone: Transformer, tokenizer: Tokenizer, task, config) -> "FineTuning":
+        """Built for a task (a data.Task or TaskSpec): its label count, kind and label words."""
+        return cls(backbone, tokenizer, len(task.label_names), config, task.kind, task.verbalizer)
 
     def forward(self, batch: dict):
         hidden = self.backbone(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        return self.head(hidden, batch)
+        if self.head.kind == "token":
+            return self.head(hidden)
+        return self.head(hidden, read_positions(self.head.kind, batch["input_ids"], batch["attention_mask"],
+                                                self.backbone.config.is_decoder, self.mask_id))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = common_parser(__doc__, lr=None)
-    parser.add_argument("--mode", choices=MODES, default="full", help="which parameters train (see above)")
-    parser.add_argument("--layers", type=int, default=2, help="top-k mode: number of last layers to train")
-    args = parser.parse_args(argv)
-    args.lr = args.lr or DEFAULT_LR[args.mode]
-    config = FineTuningConfig(mode=args.mode, layers=args.layers)
-    name = {"full": "full_fine_tuning", "head": "head_only", "top-k": f"top{args.layers}_layers"}[args.mode]
-    build = lambda backbone, tokenizer, task, _: FineTuning(backbone, tokenizer, len(task.label_names), config, task.kind)
-    return run(args, name, build, asdict(config))
+def main(argv: list[str] | None = None):
+    config, options = parse_command_line(FineTuningConfig, __doc__, argv)
+    return run(config, options)[1]
 
 
 if __name__ == "__main__":

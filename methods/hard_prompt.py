@@ -23,82 +23,109 @@ No weight changes, so this is zero-shot classification. Four variants (--mode):
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
 from data import Example, Task, VerbalizerError, apply_template, batches, check_template, k_shot, load_task
-from minitransformer import Tokenizer, Transformer, load_pretrained
+from minitransformer import Tokenizer, Transformer
 
-from methods.heads import TaskHead, freeze, last_token_positions
-from methods.runner import common_parser, positive_int, run
-from methods.training import count_parameters, evaluate, get_device, set_seed
+from methods.shared.heads import TaskHead, freeze
+from methods.shared.options import option, positive_int
+from methods.shared.pipeline import (Loaded, RunOptions, RunRecord, load_backbone, output_dir, parse_command_line,
+                                     run, summary_record, usage_error, write_record)
+from methods.shared.plots import plot_template_scores
+from methods.shared.prompting import read_positions
+from methods.shared.training import evaluate
 
 MODES = ("zero-shot", "icl", "sensitivity", "template-head")
 READS = ("mask", "cls", "mean")  # template-head: the [MASK]/slot position, [CLS] through the pooler, mean of tokens
 SEPARATOR = "\n\n"               # between in-context demonstrations
+DEFAULT_LR = 5e-3                # template-head: only a linear head on a frozen model trains
 
 
 @dataclass
 class HardPromptConfig:
-    mode: str = "zero-shot"
-    templates: list[str] | None = None   # None: the task's templates (one mode uses the first)
-    verbalizer: list[str] | None = None  # one label word per label; None: the task's
-    shots: int = 4                       # icl: demonstrations per class
-    read: str = "mask"                   # template-head: where the linear head reads
+    mode: str = option("zero-shot", "which variant to run (see above)", choices=MODES)
+    templates: list[str] | None = option(None, "a template with {text} ({text_pair} for pairs) and one {mask}, e.g. "
+                                         "'{text} It was {mask}.'; repeat it for sensitivity (default: the task's "
+                                         "templates; the other modes use the first)", flag="--template", repeat=True)
+    verbalizer: list[str] | None = option(None, "label words: label=word pairs, or one word per label in order "
+                                          "(default: the task's)")
+    shots: int = option(4, "icl: demonstrations per class", type=positive_int)
+    read: str = option("mask", "template-head: the linear head reads the [MASK] position (last token for GPT-2), "
+                       "[CLS] through the pooler, or the mean of tokens", choices=READS)
+
+    @property
+    def default_lr(self) -> float:
+        return DEFAULT_LR
 
 
 class HardPrompt(nn.Module):
     """A frozen model behind a text template; logits from the verbalizer, or from a trained linear head.
 
-    Input: a batch built with `self.template` (run and evaluate_splits do that). Output: logits [B, C].
-    read=None scores the label words with the LM head (zero-shot, icl); read="mask"|"cls"|"mean"
-    trains only a linear head on the frozen model (template-head).
+    Input: a batch built with `self.template` (the pipeline does that). Output: logits [B, C].
+    zero-shot, icl and sensitivity score the label words with the LM head; template-head trains
+    only a linear head on the frozen model, reading where `config.read` says.
     """
 
-    def __init__(self, backbone: Transformer, tokenizer: Tokenizer, num_labels: int, template: str,
-                 verbalizer: list[str] | None = None, read: str | None = None):
+    def __init__(self, backbone: Transformer, tokenizer: Tokenizer, num_labels: int, config: HardPromptConfig,
+                 task_kind: str = "classification", verbalizer: list[str] | None = None):
         super().__init__()
-        if read not in (None, *READS):
-            raise ValueError(f"Unknown read {read!r}; choose one of {', '.join(READS)}.")
-        self.backbone, self.template, self.read = freeze(backbone), template, read
-        self.is_decoder, self.mask_id = backbone.config.is_decoder, tokenizer.mask_id
-        if read is None:
-            self.head = TaskHead(backbone, tokenizer, num_labels, "verbalizer", verbalizer)
-        elif read == "cls":  # the same head as fine_tuning's head-only probe: only the template differs
+        if config.mode not in MODES:
+            raise ValueError(f"Unknown mode {config.mode!r}; choose one of {', '.join(MODES)}.")
+        if config.read not in READS:
+            raise ValueError(f"Unknown read {config.read!r}; choose one of {', '.join(READS)}.")
+        if task_kind not in ("classification", "pair"):
+            raise ValueError(f"Hard prompts classify sentences or pairs, not {task_kind!r} tasks.")
+        if not config.templates:
+            raise ValueError("A hard prompt needs a template (config.templates, e.g. the task's); "
+                             "HardPrompt.for_task fills in the task's own.")
+        self.backbone, self.config, self.template = freeze(backbone), config, config.templates[0]
+        self.is_decoder, self.mask_id, self.prompt_length = backbone.config.is_decoder, tokenizer.mask_id, 0
+        self.read = config.read if config.mode == "template-head" else None
+        if self.read is None:
+            self.head = TaskHead(backbone, tokenizer, num_labels, "verbalizer", config.verbalizer or verbalizer)
+        elif self.read == "cls":  # the same head as fine_tuning's head-only probe: only the template differs
             self.head = TaskHead(backbone, tokenizer, num_labels, "classifier")
         else:
             self.dropout, self.linear = nn.Dropout(0.1), nn.Linear(backbone.config.hidden_size, num_labels)
             nn.init.normal_(self.linear.weight, std=0.02)
             nn.init.zeros_(self.linear.bias)
-        self.saved_contents = f"the linear head (read={read}); the template is in method.json"
+        self.saved_contents = f"the linear head (read={self.read}), if any; the template is in method.json"
+
+    @classmethod
+    def for_task(cls, backbone: Transformer, tokenizer: Tokenizer, task, config: HardPromptConfig) -> "HardPrompt":
+        """Built for a task: its templates and label words unless the config names its own (checked)."""
+        config = with_task_prompts(config, task)
+        return cls(backbone, tokenizer, len(task.label_names), config, task.kind, task.verbalizer)
 
     def forward(self, batch: dict) -> torch.Tensor:
         hidden = self.backbone(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))  # (B, T, H)
-        if self.read in (None, "cls"):
-            return self.head(hidden, batch)
-        if self.read == "mask":
-            picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), self.slot_positions(batch)]  # (B, H)
+        if self.read in (None, "cls"):  # the label words at the slot, or [CLS] / the last token
+            kind = "verbalizer" if self.read is None else "classifier"
+            return self.head(hidden, read_positions(kind, batch["input_ids"], batch["attention_mask"],
+                                                    self.is_decoder, self.mask_id))
+        if self.read == "mask":  # where the label word goes: the [MASK] (encoder) or the last real token (decoder)
+            slot = read_positions("verbalizer", batch["input_ids"], batch["attention_mask"], self.is_decoder,
+                                  self.mask_id)
+            picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), slot]  # (B, H)
         else:  # mean over real tokens, the pooling all-MiniLM-L6-v2 was trained with
             weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
             picked = (hidden * weights).sum(1) / weights.sum(1)  # (B, H)
         return self.linear(self.dropout(picked))  # (B, C)
 
-    def slot_positions(self, batch: dict) -> torch.Tensor:
-        """Where the label word goes: the [MASK] (encoder) or the last real token (decoder), [B]."""
-        if self.is_decoder:
-            return last_token_positions(batch["attention_mask"])
-        is_mask = batch["input_ids"] == self.mask_id  # (B, T)
-        if not bool(is_mask.any(1).all()):
-            raise ValueError("Every input needs the template's [MASK]; was the prompt cut by max_length?")
-        return is_mask.float().argmax(1)
+
+def with_task_prompts(config: HardPromptConfig, task) -> HardPromptConfig:
+    """The config with the task's templates and label words where it names none; its own are checked."""
+    if task.kind not in ("classification", "pair"):
+        raise ValueError(f"Hard prompts classify sentences or pairs, not {task.kind!r} tasks.")
+    templates = [check_template(t, pair=task.kind == "pair") for t in config.templates or task.templates]
+    verbalizer = parse_verbalizer(config.verbalizer, task.label_names) if config.verbalizer else list(task.verbalizer)
+    return replace(config, templates=templates, verbalizer=verbalizer)
 
 
 def parse_verbalizer(words: list[str], label_names: list[str]) -> list[str]:
@@ -146,17 +173,35 @@ def longest_prompt(examples: list[Example], tokenizer: Tokenizer, template: str)
 
 def evaluate_splits(model: HardPrompt, tokenizer: Tokenizer, task: Task, device: torch.device,
                     splits: tuple[str, ...] = ("dev", "test")) -> dict[str, float]:
-    """{"dev_metric": ..., "test_metric": ...} for the splits the task has. Prompts are never cut
-    (a cut could remove the slot): one longer than the model reads is an error."""
+    """{"dev_metric": ..., "test_metric": ...} for the splits the task has, prompts never cut (see scoring_options)."""
     scores = {}
     for split in [split for split in splits if split in task.splits]:
-        longest = longest_prompt(task.splits[split], tokenizer, model.template)
-        if longest > tokenizer.model_max_length:
-            raise ValueError(f"The longest prompt is {longest} tokens, but the model reads at most "
-                             f"{tokenizer.model_max_length}: use fewer demonstrations (--shots) or a shorter template.")
+        check_fits(longest_prompt(task.splits[split], tokenizer, model.template), tokenizer)
         examples = batches(task.splits[split], tokenizer, 32, template=model.template)
         scores[f"{split}_metric"] = evaluate(model, examples, task.metric, device)
     return scores
+
+
+def check_fits(longest: int, tokenizer: Tokenizer) -> None:  # prompts are never cut: that could remove the slot
+    if longest > tokenizer.model_max_length:
+        raise ValueError(f"The longest prompt is {longest} tokens, but the model reads at most "
+                         f"{tokenizer.model_max_length}: use fewer demonstrations (--shots) or a shorter template.")
+
+
+def scoring_options(options: RunOptions, task: Task, tokenizer: Tokenizer, template: str) -> RunOptions:
+    """Options under which no scored prompt is cut; one longer than the model reads is an error instead."""
+    scored = [e for split in ("dev", "test") if split in task.splits for e in task.splits[split]]
+    longest = longest_prompt(scored, tokenizer, template)
+    check_fits(longest, tokenizer)
+    return replace(options, max_length=max(options.max_length, longest))
+
+
+def training_options(options: RunOptions, task: Task, tokenizer: Tokenizer, template: str) -> RunOptions:
+    """Options for training a head behind a template: the length limit grows to the longest prompt (never past the
+    position table); a longer one is shortened by fit_template, which keeps its [MASK]."""
+    examples = [e for split in ("train", "dev", "test") if split in task.splits for e in task.splits[split]]
+    longest = longest_prompt(examples, tokenizer, template)
+    return replace(options, max_length=min(max(options.max_length, longest), tokenizer.model_max_length))
 
 
 def choose_variant(mode: str, backbone: Transformer, model_name: str) -> tuple[str, str]:
@@ -173,42 +218,6 @@ def choose_variant(mode: str, backbone: Transformer, model_name: str) -> tuple[s
             f"{model_name} has no masked-LM head, so {what} is impossible: ran {ran}")
 
 
-def write_results(out: Path, record: dict) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(record, indent=2, default=str))
-    return record
-
-
-def in_context(model: HardPrompt, tokenizer: Tokenizer, task: Task, config: HardPromptConfig, args,
-               device: torch.device) -> dict:
-    """Zero-shot, gold-label demonstrations and random-label demonstrations, with the same examples."""
-    pool, labels = task.splits["train"][: args.limit_train], len(task.label_names)
-    conditions = {"zero-shot": [], "gold labels": demonstrations(pool, config.shots, labels, args.seed),
-                  "random labels": demonstrations(pool, config.shots, labels, args.seed, random_labels=True)}
-    results = {}
-    for name, demos in conditions.items():
-        model.template = icl_template(config.templates[0], demos, config.verbalizer)
-        results[name] = {"prompt": model.template, **evaluate_splits(model, tokenizer, task, device)}
-        print(f"{name:>13}: dev {task.metric} {100 * results[name]['dev_metric']:.2f}")
-    return {"conditions": results, "dev_metric": results["gold labels"]["dev_metric"],
-            "test_metric": results["gold labels"].get("test_metric")}
-
-
-def train_template_head(args, task: Task, template: str, config: HardPromptConfig, variant: str, reason: str,
-                        tokenizer: Tokenizer) -> dict:
-    """Train the linear head with the shared runner; add which variant ran and why to its results.json."""
-    # Prompts are not cut (a cut would drop the [MASK]): the limit grows to the longest prompt.
-    examples = [e for split in ("train", "dev", "test") if split in task.splits for e in task.splits[split]]
-    args.max_length = min(max(args.max_length, longest_prompt(examples, tokenizer, template)),
-                          tokenizer.model_max_length)  # never past the position table
-    build = lambda backbone, tokenizer, task, _: HardPrompt(backbone, tokenizer, len(task.label_names), template,
-                                                            read=config.read)
-    options = {**asdict(config), "template": template, "variant": variant, "max_length_used": args.max_length}
-    record = run(args, f"hard_prompt_{variant}", build, options)
-    record.update(variant=variant, variant_reason=reason, template=template)
-    return write_results(Path(args.out), record)
-
-
 def template_sensitivity(templates: list[str], dev: list[float], metric: str, out: Path, title: str) -> dict:
     """Mean, min, max and spread of the dev metric over templates; printed, and drawn as one bar each."""
     mean = sum(dev) / len(dev)
@@ -216,84 +225,75 @@ def template_sensitivity(templates: list[str], dev: list[float], metric: str, ou
         print(f"  {100 * value:6.2f}  {template!r}")
     print(f"dev {metric} over {len(dev)} templates: mean {100 * mean:.2f}, min {100 * min(dev):.2f}, "
           f"max {100 * max(dev):.2f}, spread {100 * (max(dev) - min(dev)):.2f} points")
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(templates)))
-    ax.barh(range(len(templates)), [100 * value for value in dev])
-    one_line = [t.replace("\n", " ") for t in templates]
-    ax.set_yticks(range(len(templates)), [t if len(t) <= 60 else t[:57] + "..." for t in one_line], fontsize=8)
-    ax.invert_yaxis()  # the first template on top
-    ax.axvline(100 * mean, color="gray", linestyle="--", label=f"mean {100 * mean:.1f}")
-    for row, value in enumerate(dev):
-        ax.text(100 * value, row, f" {100 * value:.1f}", va="center", fontsize=8)
-    ax.set(xlabel=f"dev {metric} (%)", title=title, xlim=(0, 105))
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "template_sensitivity.png", dpi=120)
-    plt.close(fig)
+    plot_template_scores(templates, dev, metric, out / "template_sensitivity.png", title)
     return {"templates": [{"template": t, "dev_metric": d} for t, d in zip(templates, dev)], "dev_metric": mean,
             "dev_metric_is": "mean over templates", "mean": mean, "min": min(dev), "max": max(dev),
             "spread": max(dev) - min(dev)}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = common_parser(__doc__, lr=5e-3)
-    parser.add_argument("--mode", choices=MODES, default="zero-shot", help="which variant to run (see above)")
-    parser.add_argument("--template", action="append", default=None, help="a template with {text} ({text_pair} "
-                        "for pairs) and one {mask}, e.g. '{text} It was {mask}.'; repeat it for sensitivity "
-                        "(default: the task's templates)")
-    parser.add_argument("--verbalizer", nargs="+", default=None, help="label words: label=word pairs, or one "
-                        "word per label in order (default: the task's)")
-    parser.add_argument("--shots", type=positive_int, default=4, help="icl: demonstrations per class")
-    parser.add_argument("--read", choices=READS, default="mask", help="template-head: the linear head reads the "
-                        "[MASK] position (last token for GPT-2), [CLS] through the pooler, or the mean of tokens")
-    args = parser.parse_args(argv)
-    if args.mode != "sensitivity" and len(args.template or []) > 1:
-        parser.error(f"--mode {args.mode} uses one template; give several --template only with --mode sensitivity.")
-    set_seed(args.seed)
-    device = get_device(args.device)
-    backbone, tokenizer = load_pretrained(args.model, device=device)
-    task = load_task(args.task, args.data_dir)
-    if task.kind not in ("classification", "pair"):
-        raise ValueError(f"Hard prompts classify sentences or pairs; task {task.name} is {task.kind}.")
-    templates = [check_template(t, pair=task.kind == "pair") for t in args.template or task.templates]
-    verbalizer = parse_verbalizer(args.verbalizer, task.label_names) if args.verbalizer else task.verbalizer
-    config = HardPromptConfig(args.mode, templates, verbalizer, args.shots, args.read)
-    variant, reason = choose_variant(args.mode, backbone, args.model)
+def in_context(config: HardPromptConfig, options: RunOptions, loaded: Loaded, task: Task, out: Path,
+               details: dict) -> RunRecord:
+    """Zero-shot, gold-label demonstrations and random-label demonstrations, with the same examples."""
+    pool, labels = task.splits["train"][: options.limit_train], len(task.label_names)
+    conditions = {"zero-shot": [], "gold labels": demonstrations(pool, config.shots, labels, options.seed),
+                  "random labels": demonstrations(pool, config.shots, labels, options.seed, random_labels=True)}
+    records, results = [], {}
+    for name, demos in conditions.items():
+        prompt = icl_template(config.templates[0], demos, config.verbalizer)
+        scored = scoring_options(replace(options, out=str(out / name.replace(" ", "_"))), task, loaded.tokenizer,
+                                 prompt)
+        records.append(run(replace(config, templates=[prompt]), scored, loaded)[1])
+        scores = {"dev_metric": records[-1].dev_metric, "test_metric": records[-1].test_metric}
+        results[name] = {"prompt": prompt, **{k: v for k, v in scores.items() if v is not None}}
+        print(f"{name:>13}: dev {task.metric} {100 * results[name]['dev_metric']:.2f}")
+    gold = results["gold labels"]
+    return summary_record(records, config, gold["dev_metric"], gold.get("test_metric"),
+                          {**details, "conditions": results})
+
+
+def sensitivity(config: HardPromptConfig, options: RunOptions, loaded: Loaded, task: Task, out: Path,
+                details: dict, train_heads: bool) -> RunRecord:
+    """Every template on the same loaded model: scored zero-shot, or (no LM head) with a head trained for each."""
+    records = []
+    for i, template in enumerate(config.templates):
+        one = replace(config, templates=[template], mode="template-head" if train_heads else "zero-shot")
+        choose = training_options if train_heads else scoring_options
+        scored = choose(replace(options, out=str(out / f"template{i}"), skip_test=True), task, loaded.tokenizer,
+                        template)
+        records.append(run(one, scored, loaded)[1])
+    title = f"template sensitivity: {Path(options.model).name} on {task.name}"
+    summary = template_sensitivity(config.templates, [r.dev_metric for r in records], task.metric, out, title)
+    return summary_record(records, config, summary.pop("dev_metric"), None, {**details, **summary})
+
+
+def run_hard_prompt(config: HardPromptConfig, options: RunOptions) -> RunRecord:
+    """The variant of `config.mode` that this model can run, on one loaded backbone; results in OUT/results.json."""
+    loaded = load_backbone(options)
+    variant, reason = choose_variant(config.mode, loaded.backbone, options.model)
     print(f"variant: {variant} ({reason})")
-    out = Path(args.out or f"runs/hard_prompt_{variant}-{task.name}")
-    args.out = str(out)
-    if variant == "template-head":
-        return train_template_head(args, task, templates[0], config, variant, reason, tokenizer)
-
-    record = {"method": f"hard_prompt_{variant}", "variant": variant, "variant_reason": reason,
-              "model": args.model, "task": task.name, "task_is_builtin": task.is_builtin,
-              "options": {**vars(args), **asdict(config)}, "metric": task.metric, "device": str(device),
-              "date": datetime.datetime.now().isoformat(timespec="seconds")}
-    title = f"template sensitivity: {Path(args.model).name} on {task.name}"
-    if variant == "sensitivity-template-head":  # one trained head per template, each in its own folder
-        runs = [train_template_head(argparse.Namespace(**{**vars(args), "out": str(out / f"template{i}")}),
-                                    task, template, config, variant, reason, tokenizer)
-                for i, template in enumerate(templates)]
-        record.update(trainable_params=runs[0]["trainable_params"], total_params=runs[0]["total_params"],
-                      **template_sensitivity(templates, [r["dev_metric"] for r in runs], task.metric, out, title))
-        return write_results(out, record)
-
-    model = HardPrompt(backbone, tokenizer, len(task.label_names), templates[0], verbalizer).to(device)
-    record.update(zip(("trainable_params", "total_params"), count_parameters(model)))
-    if variant == "zero-shot":
-        record.update(template=templates[0], **evaluate_splits(model, tokenizer, task, device))
-        print(f"zero-shot: dev {task.metric} {100 * record['dev_metric']:.2f} with {templates[0]!r}")
+    task = load_task(options.task, options.data_dir)
+    config = with_task_prompts(config, task)
+    out = output_dir(options, config, task.name)
+    details = {"variant": variant, "variant_reason": reason}
+    if variant in ("sensitivity", "sensitivity-template-head"):
+        record = sensitivity(config, options, loaded, task, out, details, variant != "sensitivity")
     elif variant == "icl":
-        record.update(in_context(model, tokenizer, task, config, args, device))
-    else:
-        dev = []
-        for template in templates:  # the same frozen model, one template after the other
-            model.template = template
-            dev.append(evaluate_splits(model, tokenizer, task, device, ("dev",))["dev_metric"])
-        record.update(template_sensitivity(templates, dev, task.metric, out, title))
-    write_results(out, record)
-    print(f"wrote {out}/results.json")
+        record = in_context(config, options, loaded, task, out, details)
+    else:  # zero-shot, template-head: one run
+        choose = training_options if variant == "template-head" else scoring_options
+        run_options = replace(choose(options, task, loaded.tokenizer, config.templates[0]), out=str(out))
+        one = replace(config, mode=variant)
+        return run(one, run_options, loaded, {**details, "template": config.templates[0]})[1]
+    print(f"wrote {write_record(out, record)}")
     return record
+
+
+def main(argv: list[str] | None = None):
+    config, options = parse_command_line(HardPromptConfig, __doc__, argv)
+    if config.mode != "sensitivity" and len(config.templates or []) > 1:
+        usage_error(f"--mode {config.mode} uses one template; give several --template only with --mode sensitivity.")
+    return run_hard_prompt(config, options)
 
 
 if __name__ == "__main__":

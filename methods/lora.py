@@ -21,7 +21,7 @@ Hu et al. adapt the attention query and value projections; `--targets` picks oth
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,19 +30,25 @@ from torch import nn
 from minitransformer import Tokenizer, Transformer
 
 from methods.fine_tuning import FineTuning, FineTuningConfig
-from methods.runner import common_parser, run
+from methods.shared.options import option
+from methods.shared.pipeline import parse_command_line, run
 
 # Projection name -> where it lives inside a Block (`model.layers[i].<path>`).
 TARGETS = {"query": "attention.query", "key": "attention.key", "value": "attention.value",
            "output": "attention.output", "mlp.up": "mlp.up", "mlp.down": "mlp.down"}
+DEFAULT_LR = 1e-3
 
 
 @dataclass
 class LoRAConfig:
-    rank: int = 8                                   # r: the rank of each update B A
-    alpha: float = 16.0                             # the update is scaled by alpha / r
-    dropout: float = 0.0                            # dropout on the input of the update only
-    targets: tuple[str, ...] = ("query", "value")   # names from TARGETS, in every layer
+    rank: int = option(8, "rank r of each update B A")
+    alpha: float = option(16.0, "scale: the update is multiplied by alpha / r")
+    dropout: float = option(0.0, "dropout on the input of the update only", flag="--lora-dropout")
+    targets: tuple[str, ...] = option(("query", "value"), "projections to adapt in every layer", choices=tuple(TARGETS))
+
+    @property
+    def default_lr(self) -> float:
+        return DEFAULT_LR
 
 
 class LoRALinear(nn.Module):
@@ -115,12 +121,12 @@ class LoRA(FineTuning):
     """
 
     def __init__(self, backbone: Transformer, tokenizer: Tokenizer, num_labels: int, config: LoRAConfig,
-                 task_kind: str = "classification"):
+                 task_kind: str = "classification", verbalizer: list[str] | None = None):
         super().__init__(backbone, tokenizer, num_labels, FineTuningConfig(mode="head"), task_kind)
         unknown = [t for t in config.targets if t not in TARGETS]
         if unknown or not config.targets:
             raise ValueError(f"Unknown LoRA targets {unknown or '(none given)'}; choose from {', '.join(TARGETS)}.")
-        self.lora_config = config
+        self.config = config
         for layer in backbone.layers:
             for target in config.targets:
                 parent_path, _, name = TARGETS[target].rpartition(".")
@@ -146,17 +152,9 @@ class LoRA(FineTuning):
             layer.unmerge()
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = common_parser(__doc__, lr=1e-3)
-    parser.add_argument("--rank", type=int, default=8, help="rank r of each update")
-    parser.add_argument("--alpha", type=float, default=16.0, help="scale: the update is multiplied by alpha / r")
-    parser.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the update's input")
-    parser.add_argument("--targets", nargs="+", default=["query", "value"], choices=list(TARGETS),
-                        help="projections to adapt in every layer")
-    args = parser.parse_args(argv)
-    config = LoRAConfig(rank=args.rank, alpha=args.alpha, dropout=args.lora_dropout, targets=tuple(args.targets))
-    build = lambda backbone, tokenizer, task, _: LoRA(backbone, tokenizer, len(task.label_names), config, task.kind)
-    return run(args, "lora", build, asdict(config))
+def main(argv: list[str] | None = None):
+    config, options = parse_command_line(LoRAConfig, __doc__, argv)
+    return run(config, options)[1]
 
 
 if __name__ == "__main__":

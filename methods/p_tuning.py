@@ -25,50 +25,64 @@ Prompt vectors and anchors take the token type of the token before them.
 --layout prefix is peft's layout instead: all N prompt vectors before the tokenizer's
 whole output, [CLS] included.
 
-Where a classifier head reads (--read): on an encoder, by default the output at the first
-prompt vector ("prompt"), which sees the whole input and which the prompt encoder writes
-directly; with --layout prefix that is position 0, the one peft's BertForSequenceClassification
-pools, so the two give the same logits (tested). "input" reads the input's own [CLS] instead
-(GPT-2: its last token, always, as its first prompt vector cannot see the input). On MiniLM +
-SST-2 (3 epochs, seeds 0-2) the first prompt vector ended at 81.2 / 80.6 / 81.1%, [CLS] at 79.7 / 80.0%
-(seeds 0, 1; results/p_tuning_read).
+Where a classifier reads (--read): on an encoder, by default the first prompt vector's output,
+which sees the whole input and which the encoder writes directly (with --layout prefix, position
+0, the one peft's BertForSequenceClassification pools: the same logits, tested); "input" reads
+[CLS] (GPT-2: its last token, always). Compared on MiniLM + SST-2 in results/p_tuning_read.
 
     python methods/p_tuning.py --task sst2 --template "{p:10} {text} {p:10}" --encoder mlp
 """
 from __future__ import annotations
 
 import string
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from data.prompts import label_word
 from minitransformer import Tokenizer, Transformer
 
-from methods.heads import TaskHead, freeze
-from methods.prompt_tuning import check_position_budget, choose_head, run_with_prompt
-from methods.runner import common_parser, run
+from methods.shared.heads import TaskHead, freeze
+from methods.shared.options import option, positive_int
+from methods.shared.pipeline import parse_command_line, run
+from methods.shared.prompting import check_position_budget, choose_head, for_task, run_with_prompt, read_positions
 
 ENCODERS = ("lstm", "mlp", "none")
 LAYOUTS = ("template", "prefix")
 READS = ("auto", "prompt", "input")
-# Measured on MiniLM + SST-2 (3 epochs, batch 32, our loop's linear decay to 0): with the classifier on
-# the first prompt vector 3e-2 ended at 81.2 / 80.6 / 81.1% (seeds 0-2; results/p_tuning_read). Reading
-# [CLS], 1e-2 reached 78.9% and 3e-2 80.3%; 3e-3 stayed far behind. peft's anchor used a constant 1e-2,
-# which our decaying schedule only matches on average with a higher peak.
-DEFAULT_LR = 3e-2
+DEFAULT_TEMPLATE = "{p:10} {text} {p:10}"
+DEFAULT_LR = 3e-2  # above peft's constant 1e-2: our schedule decays to 0 (the sweep: results/p_tuning_read)
+PREFERS_LABEL_WORDS = True  # the paper reads label words at the [MASK] of its templates
 
 
 @dataclass
 class PTuningConfig:
-    template: str = "{p:10} {text} {p:10}"  # layout="template": where the prompt vectors go (syntax above)
-    encoder: str = "mlp"                    # lstm | mlp | none
-    encoder_hidden: int = 128               # width of the encoder's hidden layers (LSTM: per direction)
-    layout: str = "template"                # template | prefix (peft's: all vectors before [CLS])
-    num_virtual_tokens: int = 20            # layout="prefix": how many prompt vectors
-    head: str = "auto"                      # auto | classifier | verbalizer
-    read: str = "auto"                      # where a classifier reads: auto | prompt | input (see --read)
+    template: str | None = option(None, f"where the prompt vectors go (syntax above; default {DEFAULT_TEMPLATE!r}); "
+                                  "layout prefix: the text around the input, its {mask} for a verbalizer")
+    shape: str | None = option(None, "the paper's shorthand a,b,c for '{p:a} {text} {p:b} {mask} {p:c}' "
+                               "(sets the template)")
+    encoder: str = option("mlp", "prompt encoder: bi-LSTM + MLP, MLP, or none", choices=ENCODERS)
+    encoder_hidden: int = option(128, "width of the encoder's hidden layers (LSTM: per direction)", type=positive_int)
+    layout: str = option("template", "template: the vectors go where the template says; prefix: peft's layout, "
+                         "all --num-virtual-tokens vectors before [CLS]", choices=LAYOUTS)
+    num_virtual_tokens: int = option(20, "layout prefix: how many prompt vectors")
+    head: str = option("auto", "auto: label words with an LM head and a {mask}, else a classifier (see --read)",
+                       choices=("auto", "classifier", "verbalizer"))
+    read: str = option("auto", "where a classifier reads: prompt: the first prompt vector (encoders); input: [CLS] "
+                       "(GPT-2: the last token); auto: prompt on an encoder, input on GPT-2", choices=READS)
+
+    def __post_init__(self):
+        if self.shape is not None:
+            self.template = shape_template(self.shape)
+        elif self.template is None and self.layout == "template":
+            self.template = DEFAULT_TEMPLATE
+
+    @property
+    def default_lr(self) -> float:
+        return DEFAULT_LR
 
 
 class PromptEncoder(nn.Module):
@@ -123,8 +137,8 @@ def parse_template(template: str, tokenizer: Tokenizer, is_decoder: bool, pair: 
                 raise ValueError(f"In {template!r} the input comes after {{mask}}; GPT-2 predicts the next "
                                  "token, so the input must come before it.")
             continue
-        if literal.strip():
-            pieces.append(("anchor", text_ids(literal.strip(), tokenizer)))
+        if literal.strip():  # anchor text; byte-level BPE gets the space a word has mid-sentence (" ?" is not "?")
+            pieces.append(("anchor", tokenizer.token_ids(label_word(literal.strip(), tokenizer))))
         if field == "p":
             if not spec.isdigit():
                 raise ValueError(f"A prompt slot is written {{p:N}} with a count N, got {{p:{spec}}} in {template!r}.")
@@ -149,11 +163,6 @@ def parse_template(template: str, tokenizer: Tokenizer, is_decoder: bool, pair: 
     return pieces
 
 
-def text_ids(text: str, tokenizer: Tokenizer) -> list[int]:
-    """Anchor ids; byte-level BPE gets the leading space a word has mid-sentence (" ?" is not "?")."""
-    return tokenizer.token_ids(label_word(text, tokenizer))
-
-
 class PTuning(nn.Module):
     """A frozen backbone reading prompt-encoder vectors placed by a template, and a task head.
 
@@ -162,12 +171,11 @@ class PTuning(nn.Module):
     """
 
     def __init__(self, backbone: Transformer, tokenizer: Tokenizer, num_labels: int, config: PTuningConfig,
-                 verbalizer: list[str] | None = None, task_kind: str = "classification"):
+                 task_kind: str = "classification", verbalizer: list[str] | None = None):
         super().__init__()
-        if config.layout not in LAYOUTS:
-            raise ValueError(f"Unknown layout {config.layout!r}; choose one of {', '.join(LAYOUTS)}.")
-        if config.read not in READS:
-            raise ValueError(f"Unknown read position {config.read!r}; choose one of {', '.join(READS)}.")
+        for name, value, allowed in ("layout", config.layout, LAYOUTS), ("read position", config.read, READS):
+            if value not in allowed:
+                raise ValueError(f"Unknown {name} {value!r}; choose one of {', '.join(allowed)}.")
         if task_kind not in ("classification", "pair"):
             raise ValueError(f"P-tuning here classifies sentences or pairs, not {task_kind!r} tasks; for tagging "
                              "use prompt_tuning.py or p_tuning_v2.py.")
@@ -177,11 +185,16 @@ class PTuning(nn.Module):
             self.pieces = parse_template(config.template, tokenizer, self.is_decoder, task_kind == "pair")
             num_prompts = sum(piece[2] for piece in self.pieces if piece[0] == "prompt")
         else:
+            if config.num_virtual_tokens < 1:
+                raise ValueError(f"--num-virtual-tokens must be at least 1, got {config.num_virtual_tokens}.")
+            if "{p:" in (config.template or ""):
+                raise ValueError(f"In the prefix layout all prompt vectors go first: --template is the text around "
+                                 f"the input (with {{mask}}), without {{p:N}} slots; got {config.template!r}.")
             num_prompts = config.num_virtual_tokens
         embedding_std = float(backbone.word_embeddings.weight.std())
         self.prompt_encoder = PromptEncoder(num_prompts, backbone.config.hidden_size, config.encoder,
                                             config.encoder_hidden, embedding_std)
-        kind = choose_head(backbone, task_kind, verbalizer, config.head)
+        kind = choose_head(config.head, task_kind, backbone, verbalizer, PREFERS_LABEL_WORDS)
         no_mask = config.layout == "template" and not self.is_decoder and ("mask",) not in self.pieces
         if kind == "verbalizer" and no_mask and config.head == "auto":
             kind = "classifier"  # the template leaves nowhere to read label words: a classifier it is
@@ -198,44 +211,51 @@ class PTuning(nn.Module):
         self.read_prompt = config.read == "prompt" or (config.read == "auto" and kind == "classifier"
                                                        and not self.is_decoder)
         self.head = TaskHead(backbone, tokenizer, num_labels, kind, verbalizer)
-        self.saved_contents = ("the pseudo-token embeddings, the prompt encoder and the task head (enough to "
-                               "resume training; running the encoder once would give the deployable prompt)")
+        # The batches are the plain input, except in the prefix layout with a verbalizer: the text template's [MASK].
+        self.template = config.template if config.layout == "prefix" and kind == "verbalizer" else None
+        self.prompt_length = num_prompts  # positions the prompt vectors take beside the input's own
+        self.saved_contents = "the pseudo-token embeddings, the prompt encoder and the task head"
+
+    @classmethod
+    def for_task(cls, backbone: Transformer, tokenizer: Tokenizer, task, config: PTuningConfig) -> "PTuning":
+        """Built for a task (a data.Task or TaskSpec); in the prefix layout a verbalizer gets the task's template."""
+        if config.layout == "prefix":
+            config = for_task(config, task, backbone, PREFERS_LABEL_WORDS)
+        return cls(backbone, tokenizer, len(task.label_names), config, task.kind, task.verbalizer)
 
     def forward(self, batch: dict) -> torch.Tensor:
         prompts = self.prompt_encoder()  # (m, H), once per step for the whole batch
-        if self.config.layout == "prefix":
+        if self.config.layout == "prefix":  # peft's: position 0 (what its classifier pools) is the first prompt
             hidden = run_with_prompt(self.backbone, prompts, batch)  # (B, m+T, H)
-            # peft's BertForSequenceClassification pools position 0: here the first prompt vector.
-            return self.head(hidden, batch, offset=0 if self.read_prompt else prompts.shape[0])
-        placed = self.place(batch)
-        is_prompt = placed["ids"] < 0  # (B, L): prompt slot i is stored as id -(i+1)
-        words = self.backbone.word_embeddings(placed["ids"].clamp(min=0))         # (B, L, H)
-        from_prompt = prompts[(-placed["ids"] - 1).clamp(min=0)]                   # (B, L, H)
-        inputs_embeds = torch.where(is_prompt.unsqueeze(-1), from_prompt, words)   # (B, L, H)
-        hidden = self.backbone(inputs_embeds=inputs_embeds, attention_mask=placed["attention_mask"],
-                               token_type_ids=placed["token_type_ids"])           # (B, L, H)
-        # The head finds [CLS] at 0, the [MASK] by its id, or the last real token by the mask.
-        head_batch = {"input_ids": placed["ids"].clamp(min=0), "attention_mask": placed["attention_mask"]}
-        first_prompt = is_prompt.float().argmax(1) if self.read_prompt else None  # (B,)
-        return self.head(hidden, head_batch, offset=0, positions=first_prompt)
+            ids, mask, offset = batch["input_ids"], batch["attention_mask"], 0 if self.read_prompt else len(prompts)
+        else:
+            placed = self.place(batch)
+            ids, mask, offset = placed["ids"], placed["attention_mask"], 0
+            is_prompt = ids < 0  # (B, L): prompt slot i is stored as id -(i+1)
+            words = self.backbone.word_embeddings(ids.clamp(min=0))  # (B, L, H)
+            # slot i gets prompt i by a one-hot product: its backward, unlike a gather's, is deterministic on CPU
+            chosen = F.one_hot((-ids - 1).clamp(min=0), len(prompts)).to(prompts.dtype) @ prompts  # (B, L, H)
+            inputs_embeds = torch.where(is_prompt.unsqueeze(-1), chosen, words)
+            hidden = self.backbone(inputs_embeds=inputs_embeds, attention_mask=mask,
+                                   token_type_ids=placed["token_type_ids"])            # (B, L, H)
+            if self.read_prompt:  # the first prompt vector of each row
+                return self.head(hidden, is_prompt.float().argmax(1))
+        # [CLS], the [MASK] by its id, or the last real token, where the layout put them
+        return self.head(hidden, read_positions(self.head.kind, ids, mask, self.is_decoder, self.tokenizer.mask_id,
+                                                offset))
 
     def place(self, batch: dict) -> dict[str, torch.Tensor]:
         """Lay each row out as the template says: ids (B, L) with prompt slots as negative ids, its mask and types."""
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         token_types = batch.get("token_type_ids", torch.zeros_like(input_ids))
-        rows = []
-        for ids, types, length in zip(input_ids.tolist(), token_types.tolist(), attention_mask.sum(1).tolist()):
-            rows.append(self.place_row(ids[:length], types[:length]))
+        rows = [self.place_row(ids[:length], types[:length]) for ids, types, length in
+                zip(input_ids.tolist(), token_types.tolist(), attention_mask.sum(1).tolist())]
         longest = max(len(ids) for ids, _ in rows)
-        num_prompts = self.prompt_encoder.pseudo_tokens.shape[0]
-        check_position_budget(self.backbone, num_prompts, longest - num_prompts)
-        placed = {"ids": torch.full((len(rows), longest), self.tokenizer.pad_id, dtype=torch.long),
-                  "attention_mask": torch.zeros(len(rows), longest, dtype=torch.long),
-                  "token_type_ids": torch.zeros(len(rows), longest, dtype=torch.long)}
-        for row, (ids, types) in enumerate(rows):  # right padding, as the input had
-            placed["ids"][row, :len(ids)] = torch.tensor(ids)
-            placed["token_type_ids"][row, :len(ids)] = torch.tensor(types)
-            placed["attention_mask"][row, :len(ids)] = 1
+        check_position_budget(self.backbone, self.prompt_length, longest - self.prompt_length)
+        pad = lambda lists, value: pad_sequence([torch.tensor(x) for x in lists], batch_first=True, padding_value=value)
+        placed = {"ids": pad([ids for ids, _ in rows], self.tokenizer.pad_id),  # right padding, as the input had
+                  "token_type_ids": pad([types for _, types in rows], 0),
+                  "attention_mask": pad([[1] * len(ids) for ids, _ in rows], 0)}
         return {name: tensor.to(input_ids.device) for name, tensor in placed.items()}
 
     def place_row(self, ids: list[int], types: list[int]) -> tuple[list[int], list[int]]:
@@ -268,37 +288,9 @@ class PTuning(nn.Module):
         return out_ids + end[0], out_types + end[1]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = common_parser(__doc__, lr=DEFAULT_LR)
-    parser.add_argument("--template", default=PTuningConfig.template, help="where the prompt vectors go "
-                        "(syntax above)")
-    parser.add_argument("--shape", default=None, help="the paper's shorthand a,b,c for "
-                        "'{p:a} {text} {p:b} {mask} {p:c}' (overrides --template)")
-    parser.add_argument("--encoder", choices=ENCODERS, default="mlp", help="prompt encoder: bi-LSTM + MLP, "
-                        "MLP, or none")
-    parser.add_argument("--encoder-hidden", type=int, default=128, help="width of the encoder's hidden layers")
-    parser.add_argument("--layout", choices=LAYOUTS, default="template", help="prefix: peft's layout, all "
-                        "--num-virtual-tokens vectors before [CLS]")
-    parser.add_argument("--num-virtual-tokens", type=int, default=20, help="for --layout prefix")
-    parser.add_argument("--head", choices=("auto", "classifier", "verbalizer"), default="auto", help="auto: "
-                        "label words when the model has an LM head, else a classifier (reading where --read says)")
-    parser.add_argument("--read", choices=READS, default=PTuningConfig.read, help="where a classifier reads: "
-                        "prompt: the first prompt vector's output (encoders; peft pools it in its prefix layout); "
-                        "input: [CLS] (GPT-2: the last token); auto: prompt on an encoder, input on GPT-2")
-    args = parser.parse_args(argv)
-    template = shape_template(args.shape) if args.shape else args.template
-    config = PTuningConfig(template, args.encoder, args.encoder_hidden, args.layout, args.num_virtual_tokens,
-                           args.head, args.read)
-
-    def build(backbone: Transformer, tokenizer: Tokenizer, task, _) -> PTuning:
-        model = PTuning(backbone, tokenizer, len(task.label_names), config, task.verbalizer, task.kind)
-        prompt_length = model.prompt_encoder.pseudo_tokens.shape[0]
-        check_position_budget(backbone, prompt_length, args.max_length)  # fail before training, not mid-way
-        if config.layout == "prefix" and model.head.kind == "verbalizer":
-            model.template = task.templates[0]  # the [MASK] slot comes from the task's text template
-        return model
-
-    return run(args, "p_tuning", build, asdict(config))
+def main(argv: list[str] | None = None):
+    config, options = parse_command_line(PTuningConfig, __doc__, argv)
+    return run(config, options)[1]
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ That is the machinery of prefix tuning, imported from methods/prefix_tuning.py (
 PrefixEncoder). What P-tuning v2 changes, for understanding tasks:
 
 * No reparameterization by default: the paper finds the MLP helps some tasks and hurts others
-  (`--reparameterize` turns it on; it then wants a ten times smaller learning rate).
+  (`--no-flat` turns it on; it then wants a thirty times smaller learning rate).
 * A randomly initialised linear head on [CLS], or on every token for sequence labelling
   (CoNLL-2003 NER with entity-level F1), instead of a verbalizer (`--head verbalizer` compares).
-* Prompt depth is a knob: `--layers 4-6` (1-based, inclusive) gives prefixes to layers 4..6 only,
+* Prompt depth is a knob: `--prompt-layers 4-6` (1-based, inclusive) gives prefixes to layers 4..6 only,
   as in the paper's depth ablation; the other layers get none.
 
 Layers below the first prompted one need no gradient, and autograd builds none there: it only
@@ -25,42 +25,22 @@ layer, and those activations are not kept for it (tests/test_p_tuning_v2.py chec
 Positions of real tokens start at P whichever layers are prompted (Hugging Face's convention).
 
     python methods/p_tuning_v2.py --task sst2
-    python methods/p_tuning_v2.py --task sst2 --layers 4-6
+    python methods/p_tuning_v2.py --task sst2 --prompt-layers 4-6
     python methods/p_tuning_v2.py --task conll2003 --epochs 1
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from minitransformer import Tokenizer, Transformer
-
-from methods.prefix_tuning import DEFAULT_LR, PrefixTuning, PrefixTuningConfig, add_prefix_arguments, run_method
-from methods.runner import common_parser
+from methods.prefix_tuning import DEFAULT_LR, PrefixTuning, PrefixTuningConfig  # noqa: F401 (DEFAULT_LR: the same rates)
+from methods.shared.options import option
+from methods.shared.pipeline import parse_command_line, run
 
 
 @dataclass
 class PTuningV2Config(PrefixTuningConfig):
-    flat: bool = True                   # P-tuning v2 trains the prompts directly (no reparameterization)
-    prompt_layers: str = "all"          # "all", or 1-based inclusive ranges: "4-6", "1,3-4"
-
-
-def parse_layers(spec: str, num_layers: int) -> list[int] | None:
-    """0-based indices of the layers named by a 1-based spec like "4-6" or "1,3-4"; None for "all"."""
-    if spec.strip() == "all":
-        return None
-    layers = []
-    for part in spec.split(","):
-        first, _, last = part.strip().partition("-")
-        try:
-            start, end = int(first), int(last or first)
-        except ValueError:
-            raise ValueError(f"--layers {spec!r} is not understood: write 'all', a layer such as '3', or 1-based "
-                             "inclusive ranges such as '4-6' or '1,3-4'.") from None
-        if not 1 <= start <= end <= num_layers:
-            raise ValueError(f"--layers {spec!r} is outside this model: it has layers 1 to {num_layers} (1-based, "
-                             "inclusive ranges such as '4-6').")
-        layers.extend(range(start - 1, end))
-    return sorted(set(layers))
+    flat: bool = option(True, "train the prompts directly (P-tuning v2's default); --no-flat produces them with "
+                        "prefix tuning's MLP")
 
 
 class PTuningV2(PrefixTuning):
@@ -68,26 +48,13 @@ class PTuningV2(PrefixTuning):
 
     Input: a batch dict (input_ids, attention_mask, token_type_ids).
     Output: logits [B, C] (classifier, verbalizer) or [B, T, C] (token head, sequence labelling).
+    The machinery is PrefixTuning's; what differs is the config's defaults (flat prompts, a linear head).
     """
 
-    def __init__(self, backbone: Transformer, tokenizer: Tokenizer, num_labels: int, config: PTuningV2Config,
-                 task_kind: str = "classification", verbalizer: list[str] | None = None, template: str | None = None):
-        config = replace(config, layers=parse_layers(config.prompt_layers, backbone.config.num_layers))
-        super().__init__(backbone, tokenizer, num_labels, config, task_kind, verbalizer, template)
 
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = add_prefix_arguments(common_parser(__doc__, lr=None))
-    parser.add_argument("--layers", default="all", help="layers that get prompts, 1-based inclusive: all, 4-6, 1,3-4")
-    parser.add_argument("--reparameterize", action="store_true", help="produce the prompts with an MLP, as prefix "
-                        "tuning does (default lr then 3e-4 instead of 1e-2)")
-    args = parser.parse_args(argv)
-    args.lr = args.lr or DEFAULT_LR["mlp" if args.reparameterize else "flat"]
-    config = PTuningV2Config(num_virtual_tokens=args.virtual_tokens, flat=not args.reparameterize,
-                             mlp_hidden=args.mlp_hidden, prefix_dropout=args.prefix_dropout, head=args.head,
-                             prompt_layers=args.layers)
-    name = "p_tuning_v2" + ("" if args.layers == "all" else f"_layers{args.layers.replace(',', '_')}")
-    return run_method(args, name, config, PTuningV2)
+def main(argv: list[str] | None = None):
+    config, options = parse_command_line(PTuningV2Config, __doc__, argv)
+    return run(config, options)[1]
 
 
 if __name__ == "__main__":

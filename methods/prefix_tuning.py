@@ -26,40 +26,63 @@ column), and its zero value dilutes the output. Tasks can share a batch (`mixed_
 """
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import random
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Iterator
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pad_sequence
 
-from data import TableExample, corpus_bleu, load_task
-from data.batching import IGNORE_INDEX
+from data.batching import table_prompt
 from data.tasks import TASK_SPECS
-from minitransformer import Tokenizer, Transformer, TransformerConfig, generate, load_pretrained
+from minitransformer import Tokenizer, Transformer, TransformerConfig, generate
 from minitransformer.model import KeyValue
 
-from methods.heads import HEAD_KINDS, TaskHead, freeze
-from methods.runner import common_parser, positive_int, run, save_method
-from methods.training import TrainConfig, count_parameters, get_device, set_seed, train
+from methods.shared.heads import TaskHead, freeze
+from methods.shared.options import option, positive_int
+from methods.shared.pipeline import output_dir, parse_command_line, run, save_method
+from methods.shared.prompting import choose_head, for_task, read_positions
+from methods.shared.training import count_parameters
 
 # An MLP-made prefix needs a small step (peft: majority class at 1e-3); a flat one is a direct prompt.
 DEFAULT_LR = {"mlp": 3e-4, "flat": 1e-2}
+PREFERS_LABEL_WORDS = False  # Li & Liang generate with the LM head; for classification a new head is trained
 
 
 @dataclass
 class PrefixTuningConfig:
-    num_virtual_tokens: int = 20        # P, the prefix length
-    flat: bool = False                  # train the prefix directly instead of through the MLP
-    mlp_hidden: int = 512               # width of the reparameterization MLP (Li & Liang's mid_dim)
-    prefix_dropout: float = 0.0         # dropout on the prefix while training
-    head: str = "auto"                  # auto (token for NER, else classifier), classifier, verbalizer, token
-    layers: list[int] | None = None     # 0-based layers that get a prefix; None: all (see p_tuning_v2.py)
+    num_virtual_tokens: int = option(20, "prefix length P", type=positive_int)
+    flat: bool = option(False, "train the prefix directly instead of through the MLP (unstable at the MLP's "
+                        "learning rate, see Li & Liang section 4.3)")
+    mlp_hidden: int = option(512, "width of the reparameterization MLP (Li & Liang's mid_dim)", type=positive_int)
+    prefix_dropout: float = option(0.0, "dropout on the prefix while training")
+    head: str = option("auto", "task head (auto: a token head for tagging, else a classifier on [CLS] / the last "
+                       "token; a verbalizer needs an LM head)", choices=("auto", "classifier", "verbalizer", "token"))
+    prompt_layers: str = option("all", "layers that get a prefix, 1-based inclusive: all, 4-6, 1,3-4 (the depth "
+                                "ablation of P-tuning v2)")
+    template: str | None = option(None, "text template around the input, with the {mask} where a verbalizer "
+                                  "reads the label word (default: the task's first, when the head is a verbalizer)")
+
+    @property
+    def default_lr(self) -> float:
+        return DEFAULT_LR["flat" if self.flat else "mlp"]
+
+
+def parse_layers(spec: str, num_layers: int) -> list[int] | None:
+    """0-based indices of the layers named by a 1-based spec like "4-6" or "1,3-4"; None for "all"."""
+    if spec.strip() == "all":
+        return None
+    layers = []
+    for part in spec.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            start, end = int(first), int(last or first)
+        except ValueError:
+            raise ValueError(f"--prompt-layers {spec!r} is not understood: write 'all', a layer such as '3', or "
+                             "1-based inclusive ranges such as '4-6' or '1,3-4'.") from None
+        if not 1 <= start <= end <= num_layers:
+            raise ValueError(f"--prompt-layers {spec!r} is outside this model: it has layers 1 to {num_layers} "
+                             "(1-based, inclusive ranges such as '4-6').")
+        layers.extend(range(start - 1, end))
+    return sorted(set(layers))
 
 
 class PrefixEncoder(nn.Module):
@@ -117,21 +140,29 @@ class PrefixTuning(nn.Module):
     verbalizer), [B, T, C] (token), or for task_kind "generation" GPT-2's next-token logits [B, T, V]."""
 
     def __init__(self, backbone: Transformer, tokenizer: Tokenizer, num_labels: int, config: PrefixTuningConfig,
-                 task_kind: str = "classification", verbalizer: list[str] | None = None, template: str | None = None):
+                 task_kind: str = "classification", verbalizer: list[str] | None = None):
         super().__init__()
         freeze(backbone)
-        self.backbone, self.config = backbone, config
-        self.prefix = PrefixEncoder(backbone.config, config.num_virtual_tokens, config.layers, config.flat,
+        self.backbone, self.tokenizer, self.config = backbone, tokenizer, config
+        self.prefix = PrefixEncoder(backbone.config, config.num_virtual_tokens,
+                                    parse_layers(config.prompt_layers, backbone.config.num_layers), config.flat,
                                     config.mlp_hidden, config.prefix_dropout)
         self.head: TaskHead | None = None
+        self.template, self.prompt_length = None, 0  # a key/value prefix takes no input positions
         if task_kind == "generation":  # no head: GPT-2's own LM head scores the next token
             if not backbone.config.is_decoder:
                 raise ValueError("Generation tasks need a decoder such as gpt2 (--model gpt2); this is an encoder.")
             return
-        kind = config.head if config.head != "auto" else ("token" if task_kind == "ner" else "classifier")
+        kind = choose_head(config.head, task_kind, backbone, verbalizer, PREFERS_LABEL_WORDS)
         self.head = TaskHead(backbone, tokenizer, num_labels, kind, verbalizer)
-        if kind == "verbalizer":
-            self.template = template  # runner.run builds the batches with it (the [MASK] slot)
+        if kind == "verbalizer":  # the batches are built with it: its [MASK] is where the label word is read
+            self.template = config.template
+
+    @classmethod
+    def for_task(cls, backbone: Transformer, tokenizer: Tokenizer, task, config: PrefixTuningConfig):
+        """Built for a task (a data.Task or TaskSpec): its labels and label words, its template for a verbalizer."""
+        config = for_task(config, task, backbone, PREFERS_LABEL_WORDS)
+        return cls(backbone, tokenizer, len(task.label_names), config, task.kind, task.verbalizer)
 
     @property
     def saved_contents(self) -> str:  # what save_method writes, recorded in method.json
@@ -141,14 +172,28 @@ class PrefixTuning(nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         prefix = self.prefix()  # computed once per step, shared by every row of the batch
         hidden = self.backbone(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), prefix=prefix)
+        return self.read(hidden, batch)
+
+    def read(self, hidden: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The head on the backbone's output: a prefix adds no positions, so it reads where the input has them."""
         if self.head is None:
             return self.backbone.lm_logits(hidden)  # (B, T, V): each position predicts the next token
-        return self.head(hidden, batch)  # offset 0: a key/value prefix adds no positions
+        if self.head.kind == "token":
+            return self.head(hidden)
+        return self.head(hidden, read_positions(self.head.kind, batch["input_ids"], batch["attention_mask"],
+                                                self.backbone.config.is_decoder, self.tokenizer.mask_id))
 
     def eject(self) -> "PrefixTuning":
         """Fold the MLP away for deployment: same outputs, only the [P, 2 x layers x H] prefix kept."""
         self.prefix.eject()
+        self.config = replace(self.config, flat=True)  # what it now is: a flat prefix (saved so, reloads so)
         return self
+
+    @torch.no_grad()
+    def generate_texts(self, tokenizer: Tokenizer, sources: list[str], max_new_tokens: int = 60,
+                       batch_size: int = 32) -> list[str]:
+        """Greedy continuations of "source ||" with this prefix (cached decoding), up to eos (generation tasks)."""
+        return generate_texts(self, tokenizer, sources, max_new_tokens, batch_size)
 
 
 def gather_task_prefixes(prefixes: list[list[KeyValue | None]], task_ids: torch.Tensor) -> list[KeyValue | None]:
@@ -178,39 +223,12 @@ def mixed_task_logits(methods: list[PrefixTuning], batch: dict) -> list[torch.Te
     for task, method in enumerate(methods):
         picked = (task_ids == task).nonzero().squeeze(1)  # this task's rows
         sub_batch = {k: v[picked] for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        for row, logits in zip(picked.tolist(), method.head(hidden[picked], sub_batch) if len(picked) else []):
+        for row, logits in zip(picked.tolist(), method.read(hidden[picked], sub_batch) if len(picked) else []):
             rows[row] = logits
     return rows
 
 
 # ---- table-to-text generation (GPT-2) ---------------------------------------------------------
-
-def prompt_text(source: str) -> str:  # the linearized table, then " ||" as in Li & Liang's E2E files
-    return f"{source} ||"
-
-
-def lm_batches(examples: list[TableExample], tokenizer: Tokenizer, batch_size: int, shuffle: bool = False,
-               seed: int = 0, max_length: int | None = None) -> Iterator[dict]:
-    """Training batches for a causal LM: "source ||" + " reference" + eos, one row per reference.
-
-    labels [B, T]: labels[t] = token t + 1 where that token belongs to the reference (or is eos),
-    else -100, so only the reference is learned (the LM loss of Li & Liang)."""
-    pairs = [(e.source, reference) for e in examples for reference in e.references]
-    if shuffle:
-        random.Random(seed).shuffle(pairs)
-    for start in range(0, len(pairs), batch_size):
-        rows, prompt_lengths = [], []
-        for source, reference in pairs[start:start + batch_size]:
-            prompt = tokenizer.token_ids(prompt_text(source))
-            rows.append((prompt + tokenizer.token_ids(" " + reference) + [tokenizer.eos_id])[:max_length])
-            prompt_lengths.append(len(prompt))
-        input_ids = pad_sequence([torch.tensor(r) for r in rows], batch_first=True, padding_value=tokenizer.pad_id)
-        labels = torch.full_like(input_ids, IGNORE_INDEX)  # (B, T)
-        for i, (ids, prompt_length) in enumerate(zip(rows, prompt_lengths)):
-            labels[i, prompt_length - 1:len(ids) - 1] = torch.tensor(ids[prompt_length:])
-        mask = pad_sequence([torch.ones(len(r), dtype=torch.long) for r in rows], batch_first=True)
-        yield {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
-
 
 @torch.no_grad()
 def generate_texts(method: PrefixTuning, tokenizer: Tokenizer, sources: list[str], max_new_tokens: int = 60,
@@ -219,7 +237,7 @@ def generate_texts(method: PrefixTuning, tokenizer: Tokenizer, sources: list[str
     method.eval()
     device, texts = next(method.parameters()).device, []
     for start in range(0, len(sources), batch_size):
-        batch = tokenizer.encode([prompt_text(s) for s in sources[start:start + batch_size]], padding_side="left",
+        batch = tokenizer.encode([table_prompt(s) for s in sources[start:start + batch_size]], padding_side="left",
                                  add_special_tokens=False)
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         out = generate(method.backbone, ids, mask, max_new_tokens, eos_id=tokenizer.eos_id, prefix=method.prefix())
@@ -228,71 +246,14 @@ def generate_texts(method: PrefixTuning, tokenizer: Tokenizer, sources: list[str
     return texts
 
 
-def run_generation(args: argparse.Namespace, name: str, config: PrefixTuningConfig,
-                   method_class: type[PrefixTuning] = PrefixTuning) -> tuple[dict, PrefixTuning]:
-    """Train a prefix with the LM loss on the references, then decode the dev tables and score BLEU."""
-    set_seed(args.seed)
-    device, task = get_device(args.device), load_task(args.task, args.data_dir)
-    backbone, tokenizer = load_pretrained(args.model, device=device)
-    train_examples = task.splits["train"][: args.limit_train]
-    method = method_class(backbone, tokenizer, 0, config, task.kind).to(device)
-    trainable, total = count_parameters(method)
-    print(f"{name} on {task.name} with {args.model}: {trainable:,} trainable of {total:,} parameters "
-          f"({100 * trainable / total:.3f}%)")
-    steps = math.ceil(sum(len(e.references) for e in train_examples) / args.batch_size)
-    make = lambda epoch: lm_batches(train_examples, tokenizer, args.batch_size, True, args.seed + epoch, args.max_length)
-    result = train(method, make, steps, None, TrainConfig(epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
-                   seed=args.seed, progress=not args.no_progress), device=device)
-    hypotheses = generate_texts(method, tokenizer, [e.source for e in task.splits["dev"]], args.max_new_tokens)
-    out = Path(args.out or f"runs/{name}-{task.name}")
-    save_method(method, out, name, asdict(config))
-    record = {"method": name, "model": args.model, "task": task.name, "metric": "bleu", "options": vars(args),
-              "dev_metric": corpus_bleu(hypotheses, [e.references for e in task.splits["dev"]]), "trainable_params": trainable,
-              "seconds_per_step": result.train_seconds / max(1, result.steps), "samples": hypotheses[:5]}
-    (out / "results.json").write_text(json.dumps(record, indent=2, default=str))
-    print(f"dev BLEU {100 * record['dev_metric']:.2f}; wrote {out}/results.json")
-    return record, method
-
-
-def run_method(args: argparse.Namespace, name: str, config: PrefixTuningConfig,
-               method_class: type[PrefixTuning] = PrefixTuning) -> dict:
-    """Train as the command line asked; a reparameterized prefix is also saved ejected in OUT/deploy."""
-    if getattr(TASK_SPECS.get(args.task), "kind", None) == "generation":
-        record, method = run_generation(args, name, config, method_class)
-    else:
-        built: list[PrefixTuning] = []
-
-        def build(backbone: Transformer, tokenizer: Tokenizer, task, _) -> PrefixTuning:
-            built.append(method_class(backbone, tokenizer, len(task.label_names), config, task.kind,
-                                      task.verbalizer, task.templates[0] if task.templates else None))
-            return built[-1]
-        record, method = run(args, name, build, asdict(config)), built[0]
-    if method.prefix.reparameterized:  # keep both: out/ resumes training, out/deploy serves
-        deploy = Path(args.out or f"runs/{name}-{record['task']}") / "deploy"
-        save_method(method.eject(), deploy, name, {**asdict(config), "flat": True})
-        print(f"deploy prefix (MLP ejected): {count_parameters(method)[0]:,} parameters in {deploy}")
+def main(argv: list[str] | None = None):
+    config, options = parse_command_line(PrefixTuningConfig, __doc__, argv)
+    model, record = run(config, options)
+    if model.prefix.reparameterized:  # keep both: OUT resumes training, OUT/deploy serves
+        out = output_dir(options, config, record.task)
+        deploy = save_method(model.eject(), out / "deploy", TASK_SPECS[record.task], options.model, record.task).parent
+        print(f"deploy prefix (MLP ejected): {count_parameters(model)[0]:,} parameters in {deploy}")
     return record
-
-
-def add_prefix_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--virtual-tokens", type=positive_int, default=20, help="prefix length P")
-    parser.add_argument("--mlp-hidden", type=positive_int, default=512, help="reparameterization MLP width")
-    parser.add_argument("--prefix-dropout", type=float, default=0.0, help="dropout on the prefix while training")
-    parser.add_argument("--head", choices=("auto",) + HEAD_KINDS, default="auto", help="task head (auto: token "
-                        "head for NER, else [CLS]/last-token classifier; verbalizer needs an LM head)")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=60, help="generation tasks: tokens to decode")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = add_prefix_arguments(common_parser(__doc__, lr=None))
-    parser.add_argument("--flat", action="store_true", help="train the prefix directly (no MLP; unstable at "
-                        "the MLP's learning rate, see Li & Liang section 4.3)")
-    args = parser.parse_args(argv)
-    args.lr = args.lr or DEFAULT_LR["flat" if args.flat else "mlp"]
-    config = PrefixTuningConfig(num_virtual_tokens=args.virtual_tokens, flat=args.flat, mlp_hidden=args.mlp_hidden,
-                                prefix_dropout=args.prefix_dropout, head=args.head)
-    return run_method(args, "prefix_tuning" + ("_flat" if args.flat else ""), config)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ and only P (plus the small task head) is trained:
 
 The prompt is an ordinary part of the input: it takes positions 0..n-1, the attention
 mask gets ones for it, and every real token moves n places to the right, so the head
-reads [CLS], the [MASK] or the last token at its usual position + n (TaskHead's offset).
+reads [CLS], the [MASK] or the last token at its usual position + n (read_positions' offset).
 Initialisation matters for small models (Lester, section 3.2): random vectors, the
 embeddings of sampled vocabulary words, of a text, or of the label words.
 `nearest_tokens()` lists the vocabulary words closest (cosine) to each learned vector,
@@ -20,7 +20,7 @@ Lester's look at what a soft prompt "says".
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,58 +29,32 @@ from torch import nn
 from data.prompts import label_word
 from minitransformer import Tokenizer, Transformer
 
-from methods.heads import TaskHead, freeze
-from methods.runner import common_parser, run
+from methods.shared.heads import TaskHead, freeze
+from methods.shared.options import option
+from methods.shared.pipeline import parse_command_line, run
+from methods.shared.prompting import choose_head, for_task, run_with_prompt, read_positions
 
 INITS = ("random", "vocab", "text", "labels")
 # Prompt vectors are input embeddings: they need steps about 100x those of fine-tuning.
 # With our warm-up + linear decay the mean step is half the peak, hence above peft's constant 3e-2.
 DEFAULT_LR = 3e-2
+PREFERS_LABEL_WORDS = True  # Lester et al. score label words (T5 text-to-text); with an LM head, so do we
 
 
 @dataclass
 class PromptTuningConfig:
-    num_virtual_tokens: int = 20
-    init: str = "vocab"               # random | vocab | text | labels (see initial_prompt)
-    init_text: str | None = None      # the text whose embeddings start the prompt, for init="text"
-    head: str = "auto"                # auto | classifier | verbalizer | token (see choose_head)
+    num_virtual_tokens: int = option(20, "length n of the soft prompt")
+    init: str = option("vocab", "how the prompt starts (see initial_prompt)", choices=INITS)
+    init_text: str | None = option(None, "for --init text: the text whose embeddings start the prompt")
+    head: str = option("auto", "task head (auto: the label words when the model has an LM head, a token head "
+                       "for tagging, else a classifier on [CLS] / the last token)",
+                       choices=("auto", "classifier", "verbalizer", "token"))
+    template: str | None = option(None, "text template around the input, with the {mask} where a verbalizer "
+                                  "reads the label word (default: the task's first, when the head is a verbalizer)")
 
-
-def choose_head(backbone: Transformer, task_kind: str, verbalizer: list[str] | None, head: str = "auto") -> str:
-    """auto: token head for tagging, the label words when the model has an LM head, else a classifier."""
-    if head != "auto":
-        return head
-    if task_kind == "ner":
-        return "token"
-    return "verbalizer" if backbone.has_lm_head and verbalizer else "classifier"
-
-
-def check_position_budget(backbone: Transformer, prompt_length: int, input_length: int) -> None:
-    """Input-level prompts use up positions: prompt + input must fit the position table."""
-    available = backbone.config.max_positions - backbone.config.position_offset
-    if prompt_length + input_length > available:
-        raise ValueError(f"{prompt_length} prompt vectors + {input_length} input tokens need "
-                         f"{prompt_length + input_length} positions, but this {backbone.config.model_type} model "
-                         f"has {available}: lower --max-length to at most {available - prompt_length} or use "
-                         "fewer prompt vectors.")
-
-
-def run_with_prompt(backbone: Transformer, prompt: torch.Tensor, batch: dict) -> torch.Tensor:
-    """The frozen backbone on [prompt ; input]; prompt (n, H) is computed once and shared by the batch.
-
-    Output: hidden states (B, n + T, H); the real tokens sit at n..n+T-1.
-    """
-    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-    (B, T), n = input_ids.shape, prompt.shape[0]
-    check_position_budget(backbone, n, T)
-    words = backbone.word_embeddings(input_ids)                               # (B, T, H)
-    inputs_embeds = torch.cat([prompt.unsqueeze(0).expand(B, -1, -1), words], dim=1)  # (B, n+T, H)
-    # Every token may attend to the whole prompt; padding stays masked.
-    attention_mask = torch.cat([attention_mask.new_ones(B, n), attention_mask], dim=1)  # (B, n+T)
-    token_type_ids = batch.get("token_type_ids")
-    if token_type_ids is not None:  # the prompt belongs to the first segment (type 0), as in peft
-        token_type_ids = torch.cat([token_type_ids.new_zeros(B, n), token_type_ids], dim=1)
-    return backbone(inputs_embeds=inputs_embeds, attention_mask=attention_mask, token_type_ids=token_type_ids)
+    @property
+    def default_lr(self) -> float:
+        return DEFAULT_LR
 
 
 def word_token_ids(tokenizer: Tokenizer) -> list[int]:
@@ -148,20 +122,34 @@ class PromptTuning(nn.Module):
     """
 
     def __init__(self, backbone: Transformer, tokenizer: Tokenizer, num_labels: int, config: PromptTuningConfig,
-                 verbalizer: list[str] | None = None, task_kind: str = "classification"):
+                 task_kind: str = "classification", verbalizer: list[str] | None = None):
         super().__init__()
         if config.num_virtual_tokens < 1:
             raise ValueError(f"num_virtual_tokens must be at least 1, got {config.num_virtual_tokens}.")
         self.backbone, self.tokenizer, self.config = freeze(backbone), tokenizer, config
         self.virtual_tokens = nn.Parameter(initial_prompt(backbone, tokenizer, config, verbalizer))  # (n, H)
-        kind = choose_head(backbone, task_kind, verbalizer, config.head)
+        kind = choose_head(config.head, task_kind, backbone, verbalizer, PREFERS_LABEL_WORDS)
         self.head = TaskHead(backbone, tokenizer, num_labels, kind, verbalizer)
+        # The text the batches are built from: a verbalizer reads the template's [MASK] (for_task gives it the
+        # task's); without one the input itself must hold the [MASK] (or, on GPT-2, end where the label goes).
+        self.template = config.template if kind == "verbalizer" else None
+        self.prompt_length = config.num_virtual_tokens  # positions taken in front of the input
         self.saved_contents = ("the soft prompt (virtual_tokens) and the task head: everything needed to "
                                "resume training and to deploy")
 
+    @classmethod
+    def for_task(cls, backbone: Transformer, tokenizer: Tokenizer, task, config: PromptTuningConfig) -> "PromptTuning":
+        """Built for a task (a data.Task or TaskSpec): its labels and label words, its template for a verbalizer."""
+        config = for_task(config, task, backbone, PREFERS_LABEL_WORDS)
+        return cls(backbone, tokenizer, len(task.label_names), config, task.kind, task.verbalizer)
+
     def forward(self, batch: dict) -> torch.Tensor:
-        hidden = run_with_prompt(self.backbone, self.virtual_tokens, batch)  # (B, n+T, H)
-        return self.head(hidden, batch, offset=self.config.num_virtual_tokens)
+        hidden = run_with_prompt(self.backbone, self.virtual_tokens, batch)  # (B, n+T, H): the input moved n places
+        n = self.config.num_virtual_tokens
+        if self.head.kind == "token":
+            return self.head(hidden[:, n:])  # (B, T, C): the real tokens only
+        return self.head(hidden, read_positions(self.head.kind, batch["input_ids"], batch["attention_mask"],
+                                                self.backbone.config.is_decoder, self.tokenizer.mask_id, offset=n))
 
     @torch.no_grad()
     def nearest_tokens(self, k: int = 5) -> list[list[str]]:
@@ -173,27 +161,10 @@ class PromptTuning(nn.Module):
         return [[self.tokenizer.decode([int(candidates[i])]).strip() for i in row] for row in best]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = common_parser(__doc__, lr=DEFAULT_LR)
-    parser.add_argument("--num-virtual-tokens", type=int, default=20, help="length n of the soft prompt")
-    parser.add_argument("--init", choices=INITS, default="vocab", help="how the prompt starts (see above)")
-    parser.add_argument("--init-text", default=None, help="for --init text: the text whose embeddings start it")
-    parser.add_argument("--head", choices=("auto", "classifier", "verbalizer"), default="auto",
-                        help="auto: label words when the model has an LM head, else a classifier on [CLS]")
-    args = parser.parse_args(argv)
-    config = PromptTuningConfig(args.num_virtual_tokens, args.init, args.init_text, args.head)
-    built: list[PromptTuning] = []
-
-    def build(backbone: Transformer, tokenizer: Tokenizer, task, _) -> PromptTuning:
-        check_position_budget(backbone, config.num_virtual_tokens, args.max_length)  # fail before training
-        model = PromptTuning(backbone, tokenizer, len(task.label_names), config, task.verbalizer, task.kind)
-        if model.head.kind == "verbalizer":
-            model.template = task.templates[0]  # puts the [MASK] (or, for GPT-2, the end) where the label goes
-        built.append(model)
-        return model
-
-    record = run(args, "prompt_tuning", build, asdict(config))
-    for i, words in enumerate(built[0].nearest_tokens()):
+def main(argv: list[str] | None = None):
+    config, options = parse_command_line(PromptTuningConfig, __doc__, argv)
+    model, record = run(config, options)
+    for i, words in enumerate(model.nearest_tokens()):
         print(f"virtual token {i:2d} is nearest to: {', '.join(words)}")
     return record
 

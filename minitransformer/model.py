@@ -49,7 +49,8 @@ class Padding:
     About half of a batch of short sentences is padding. Every layer but attention works on each
     token alone (linear maps, layer norms, dropout), so the blocks carry the N real tokens packed
     as [N, H] and re-pad them only inside attention: same numbers, N / (B x T) of the work (the
-    unpadding of FlashAttention's BERT). Without padding `rows` is None and both moves are reshapes.
+    unpadding of FlashAttention's BERT). Without padding, or on the plain path (config.fast=False),
+    `rows` is None and both moves are reshapes: the blocks then run on all B x T positions.
     """
 
     def __init__(self, attention_mask: torch.Tensor | None, B: int, T: int):
@@ -70,10 +71,17 @@ class Padding:
 
 
 class Dropout(nn.Dropout):
-    """nn.Dropout with its mask drawn by torch.rand, which is about 1.6x faster on CPU than the bernoulli
-    draw of F.dropout; the same distribution: each number kept with probability 1 - p, scaled by 1 / (1 - p)."""
+    """nn.Dropout with its mask drawn by torch.rand, which is faster on CPU than the bernoulli draw of
+    F.dropout (README, "Speed and memory"); the same distribution (each number kept with probability 1 - p, scaled by
+    1 / (1 - p)), not the same draws. fast=False: nn.Dropout itself."""
+
+    def __init__(self, p: float, fast: bool = True):
+        super().__init__(p)
+        self.fast = fast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fast:
+            return super().forward(x)
         if not self.training or self.p == 0:
             return x
         return x * (torch.rand_like(x) >= self.p) * (1 / (1 - self.p))
@@ -89,7 +97,8 @@ class Attention(nn.Module):
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.output = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout = Dropout(config.attention_dropout)  # on the attention weights
+        self.dropout = Dropout(config.attention_dropout, config.fast)  # on the attention weights
+        self.fast = config.fast
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, padding: Padding, prefix: KeyValue | None = None
                 ) -> tuple[torch.Tensor, KeyValue]:
@@ -101,7 +110,7 @@ class Attention(nn.Module):
             prefix_keys, prefix_values = prefix  # (B or 1, nh, P, hd): one prefix may serve the whole batch
             k = torch.cat([prefix_keys.expand(B, -1, -1, -1).to(k.dtype), k], dim=2)  # (B, nh, P+T, hd)
             v = torch.cat([prefix_values.expand(B, -1, -1, -1).to(v.dtype), v], dim=2)
-        if self.training and self.dropout.p > 0 and q.device.type == "cpu":
+        if self.fast and self.training and self.dropout.p > 0 and q.device.type == "cpu":
             # SDPA would drop attention weights with the slow draw (and leave its fused kernel): same math by hand.
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, nh, T, P+T)
             if mask is not None:
@@ -137,7 +146,7 @@ class Block(nn.Module):
         self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
         self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.hidden_dropout, config.fast)
         # Where adapter methods (Houlsby et al. 2019) plug in: each sublayer's output passes through
         # these before the residual sum. Identity (no parameters) unless a method replaces them.
         self.attention_adapter: nn.Module = nn.Identity()
@@ -183,7 +192,7 @@ class Transformer(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_positions, H)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, H) if config.type_vocab_size else None
         self.embedding_norm = None if config.is_decoder else nn.LayerNorm(H, eps=config.layer_norm_eps)
-        self.embedding_dropout = Dropout(config.hidden_dropout)
+        self.embedding_dropout = Dropout(config.hidden_dropout, config.fast)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.final_norm = nn.LayerNorm(H, eps=config.layer_norm_eps) if config.is_decoder else None
         self.mlm_head = MaskedLMHead(config) if mlm_head else None
@@ -226,8 +235,9 @@ class Transformer(nn.Module):
             x = x + self.token_type_embeddings(types)
 
         mask = self.attention_mask(attention_mask, B, T, P, x.device)  # (B, 1, T or 1, P+T) bool, or None
-        padding = Padding(attention_mask, B, T)
-        x = padding.unpad(x)  # (N, H): from here on only real tokens, re-padded inside attention
+        # fast: from here on only the N real tokens [N, H], re-padded inside attention; plain: all B x T of them
+        padding = Padding(attention_mask if self.config.fast else None, B, T)
+        x = padding.unpad(x)
         if self.embedding_norm is not None:
             x = self.embedding_norm(x)
         x = self.embedding_dropout(x)
@@ -238,6 +248,8 @@ class Transformer(nn.Module):
         if self.final_norm is not None:
             x = self.final_norm(x)
         x = padding.pad(x)  # (B, T, H), zeros at the padding
+        if not self.config.fast and attention_mask is not None:  # the plain path computed numbers there: hide them
+            x = x * attention_mask[:, -T:, None].to(x.dtype)
         return (x, cache) if return_cache else x
 
     def default_position_ids(self, input_ids, attention_mask, B, T, P, device) -> torch.Tensor:

@@ -12,8 +12,8 @@ from torch import nn
 
 from data import load_task
 from data.batching import batches
-from methods.runner import load_method, save_method
-from methods.training import TrainConfig, train
+from methods.shared.pipeline import load_weights, save_method
+from methods.shared.training import TrainConfig, train
 
 # Three rows of different lengths, so every batch has padding; PAIRS are their second segments.
 SENTENCES = ["the movie was great", "a boring plot , but the actors were wonderful", "awful"]
@@ -37,20 +37,19 @@ def perturb_trainable(model: nn.Module, scale: float = 0.1, seed: int = 0) -> No
                 param.add_(torch.randn(param.shape, generator=generator) * scale)
 
 
-def assert_reload_is_exact(model: nn.Module, fresh: nn.Module, batch: dict, directory: str | Path, method: str,
-                           options: dict | None = None) -> None:
-    """save_method(model), load_method into `fresh` (the same method newly built): bit-identical outputs on `batch`."""
-    save_method(model, directory, method, options or {})
-    load_method(fresh, directory)
+def assert_reload_is_exact(model: nn.Module, fresh: nn.Module, batch: dict, directory: str | Path) -> None:
+    """save_method(model), load_weights into `fresh` (the same method newly built): bit-identical outputs on `batch`."""
+    save_method(model, directory)
+    load_weights(fresh, directory)
     with torch.no_grad():
-        assert torch.equal(fresh(batch), model(batch)), f"a loaded {method} must reproduce the saved outputs exactly"
+        assert torch.equal(fresh(batch), model(batch)), f"a loaded {type(model).__name__} must reproduce the saved outputs exactly"
 
 
-def assert_refuses_another_backbone(model: nn.Module, other: nn.Module, directory: str | Path, method: str) -> None:
+def assert_refuses_another_backbone(model: nn.Module, other: nn.Module, directory: str | Path) -> None:
     """What `model` saved cannot be loaded into `other`, the same method built on a different backbone."""
-    save_method(model, directory, method, {})
+    save_method(model, directory)
     with pytest.raises(ValueError, match="trained for a backbone"):
-        load_method(other, directory)
+        load_weights(other, directory)
 
 
 def assert_trains_only(model: nn.Module, tokenizer, trained: torch.Tensor, lr: float, what: str) -> None:

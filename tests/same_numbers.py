@@ -198,8 +198,19 @@ def small_e2e(root: Path) -> str | None:
     return str(root)
 
 
+def run_case(module: str, argv: list[str], out: Path) -> dict:
+    """Run one command line in this process; the fingerprint of the results.json it wrote (or of its failure)."""
+    try:
+        importlib.import_module(module).main(argv)
+        return fingerprint(json.loads((out / "results.json").read_text()))
+    except SystemExit as error:
+        return {"error": f"exit {error.code}"}
+    except Exception as error:  # recorded: a case that failed before must fail the same way
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
 def run_set(set_name: str, use_legacy: bool = False, only: list[str] | None = None) -> dict[str, dict]:
-    """Run every case of a set in this process; {case: fingerprint} (a failure is recorded as its message)."""
+    """Run every case of a set in this process; {case: fingerprint}."""
     with tempfile.TemporaryDirectory() as scratch:
         tiny, words = tiny_models(Path(scratch) / "tiny")
         e2e_dir = small_e2e(Path(scratch) / "e2e_data")
@@ -209,14 +220,7 @@ def run_set(set_name: str, use_legacy: bool = False, only: list[str] | None = No
                 continue
             argv = (legacy(module, argv) if use_legacy else argv) + ["--out", str(Path(scratch) / name)]
             print(f"{name}: python -m {module} {' '.join(argv)}", flush=True)
-            try:
-                importlib.import_module(module).main(argv)
-                record = json.loads((Path(scratch) / name / "results.json").read_text())
-                results[name] = fingerprint(record)
-            except SystemExit as error:
-                results[name] = {"error": f"exit {error.code}"}
-            except Exception as error:  # recorded: a case that failed before must fail the same way
-                results[name] = {"error": f"{type(error).__name__}: {error}"}
+            results[name] = run_case(module, argv, Path(scratch) / name)
         return results
 
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from minitransformer import load_pretrained
 from methods.adapters import AdapterBiasShift, AdapterConfig, Adapters, BottleneckAdapter, main
-from methods.training import task_loss
+from methods.shared.training import task_loss
 from tests.helpers import LONG_SENTENCES, assert_reload_is_exact, perturb_trainable
 
 
@@ -116,8 +116,7 @@ def test_save_and_load_round_trip(adapter_kind, tiny_checkpoints, tmp_path):
     config = AdapterConfig(kind=adapter_kind, bottleneck=8)
     model, tokenizer = build_adapters(directory, config)
     perturb_trainable(model)
-    assert_reload_is_exact(model, build_adapters(directory, config)[0], tokenizer.encode(LONG_SENTENCES), tmp_path,
-                           adapter_kind, {"bottleneck": 8})
+    assert_reload_is_exact(model, build_adapters(directory, config)[0], tokenizer.encode(LONG_SENTENCES), tmp_path)
 
 
 def test_command_line_trains_and_writes_results(tiny_checkpoints, tmp_path):
@@ -125,4 +124,4 @@ def test_command_line_trains_and_writes_results(tiny_checkpoints, tmp_path):
                    "--limit-train", "16", "--batch-size", "8", "--bottleneck", "4", "--no-progress",
                    "--out", str(tmp_path)])
     assert (tmp_path / "results.json").exists() and (tmp_path / "method.safetensors").exists()
-    assert record["steps"] == 2 and record["options"]["bottleneck"] == 4
+    assert record.steps == 2 and record.config["bottleneck"] == 4

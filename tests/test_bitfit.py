@@ -6,7 +6,7 @@ import torch
 
 from minitransformer import load_pretrained
 from methods.bitfit import BitFit, BitFitConfig, main
-from methods.training import TrainConfig, train
+from methods.shared.training import TrainConfig, train
 from tests.helpers import LONG_SENTENCES, assert_reload_is_exact, perturb_trainable
 
 
@@ -52,11 +52,11 @@ def test_save_and_load_round_trip(tiny_checkpoints, tmp_path):
     directory = tiny_checkpoints["gpt2"][0]
     model, tokenizer = build_bitfit(directory)
     perturb_trainable(model)
-    assert_reload_is_exact(model, build_bitfit(directory)[0], tokenizer.encode(LONG_SENTENCES), tmp_path, "bitfit")
+    assert_reload_is_exact(model, build_bitfit(directory)[0], tokenizer.encode(LONG_SENTENCES), tmp_path)
 
 
 def test_command_line_trains_and_writes_results(tiny_checkpoints, tmp_path):
     record = main(["--model", str(tiny_checkpoints["bert"][0]), "--task", "builtin_sentiment", "--max-steps", "2",
                    "--limit-train", "16", "--batch-size", "8", "--no-progress", "--out", str(tmp_path)])
     assert (tmp_path / "results.json").exists() and (tmp_path / "method.safetensors").exists()
-    assert record["steps"] == 2 and record["trainable_params"] < record["total_params"] * 0.1
+    assert record.steps == 2 and record.trainable_params < record.total_params * 0.1

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minitransformer import load_pretrained
+from methods.bitfit import BitFit, BitFitConfig
 from methods.export_peft import NotExportableError, export_peft, load_run, main
 from methods.p_tuning import PTuning, PTuningConfig
 from methods.p_tuning import main as p_tuning_main
@@ -17,7 +18,7 @@ from methods.p_tuning_v2 import PTuningV2, PTuningV2Config
 from methods.prefix_tuning import PrefixTuning, PrefixTuningConfig
 from methods.prefix_tuning import main as prefix_tuning_main
 from methods.prompt_tuning import PromptTuning, PromptTuningConfig
-from methods.runner import save_method
+from methods.shared.pipeline import save_method
 from tests.helpers import PAIRS, SENTENCES, TOL, masked, perturb_trainable
 
 peft = pytest.importorskip("peft")
@@ -172,7 +173,7 @@ def test_minilm_matches_peft(method_class, minilm_dir, tmp_path):
 def test_command_line_exports_a_trained_run(pooled_checkpoints, tmp_path, capsys):
     run_dir = tmp_path / "run"
     prefix_tuning_main(["--model", str(pooled_checkpoints["bert"]), "--task", "builtin_sentiment", "--max-steps", "2",
-                        "--virtual-tokens", "4", "--mlp-hidden", "16", "--max-length", "32", "--out", str(run_dir),
+                        "--num-virtual-tokens", "4", "--mlp-hidden", "16", "--max-length", "32", "--out", str(run_dir),
                         "--no-progress"])
     trained, _ = load_run(run_dir)
     batch = encode(load_pretrained(str(pooled_checkpoints["bert"]))[1], "bert")
@@ -209,7 +210,8 @@ def with_template(method):
 
 
 NOT_EXPORTABLE = {  # case: (checkpoint, build(backbone, tokenizer), what the error must say)
-    "verbalizer": ("bert", lambda b, t: PromptTuning(b, t, 2, PromptTuningConfig(P, head="verbalizer"), ["was", "the"]),
+    "verbalizer": ("bert", lambda b, t: PromptTuning(b, t, 2, PromptTuningConfig(P, head="verbalizer", template="{text} {mask}"),
+                                                        verbalizer=["was", "the"]),
                    "verbalizer head .* no peft equivalent"),
     "prompt_tuning_classifier": ("bert+pooler", lambda b, t: PromptTuning(b, t, 2, PromptTuningConfig(P)),
                                  "reads position 0, .* first virtual token"),
@@ -239,9 +241,6 @@ def test_what_peft_cannot_represent_is_a_clear_error(case, tiny_checkpoints, poo
 
 def test_other_methods_runs_are_not_exportable(tiny_checkpoints, tmp_path):
     backbone, tokenizer = load_pretrained(str(tiny_checkpoints["bert"][0]))
-    ours = PTuningV2(backbone, tokenizer, 2, PTuningV2Config(P))
-    save_method(ours, tmp_path, "lora", {})
-    (tmp_path / "results.json").write_text(json.dumps({"model": str(tiny_checkpoints["bert"][0]),
-                                                       "task": "builtin_sentiment"}))
-    with pytest.raises(NotExportableError, match="holds a 'lora' run; .* prompt_tuning, p_tuning, prefix_tuning and p_tuning_v2"):
+    save_method(BitFit(backbone, tokenizer, 2, BitFitConfig()), tmp_path, model_name=str(tiny_checkpoints["bert"][0]))
+    with pytest.raises(NotExportableError, match="holds a 'bitfit' run; .* prompt_tuning, p_tuning, prefix_tuning and p_tuning_v2"):
         main([str(tmp_path), "--out", str(tmp_path / "export")])

@@ -8,7 +8,7 @@ import torch
 
 from data import batches, load_task
 from methods.fine_tuning import FineTuning, FineTuningConfig
-from methods.training import TrainConfig, count_parameters, train
+from methods.shared.training import TrainConfig, count_parameters, train
 from minitransformer import load_pretrained
 
 
@@ -36,7 +36,7 @@ def test_head_mode_trains_only_the_head(tiny_checkpoints):
 
 @pytest.mark.parametrize("kind", ["bert", "gpt2"])
 def test_top_k_marks_exactly_the_last_k_layers_trainable(tiny_checkpoints, kind):
-    model, _ = build(tiny_checkpoints, kind, mode="top-k", layers=1)
+    model, _ = build(tiny_checkpoints, kind, mode="top-k", top_layers=1)
     last = len(model.backbone.layers) - 1
     expected = {f"backbone.layers.{last}.{name}" for name, _ in model.backbone.layers[last].named_parameters()}
     expected |= {"head.linear.weight", "head.linear.bias"}
@@ -47,7 +47,7 @@ def test_top_k_marks_exactly_the_last_k_layers_trainable(tiny_checkpoints, kind)
 
 def test_top_k_training_changes_only_the_last_k_layers(tiny_checkpoints):
     task = load_task("builtin_sentiment")
-    model, tokenizer = build(tiny_checkpoints, mode="top-k", layers=1)
+    model, tokenizer = build(tiny_checkpoints, mode="top-k", top_layers=1)
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     examples = task.splits["train"][:32]
     make = lambda epoch: batches(examples, tokenizer, 8, shuffle=True, seed=epoch, max_length=32)
@@ -61,8 +61,8 @@ def test_top_k_training_changes_only_the_last_k_layers(tiny_checkpoints):
 
 @pytest.mark.parametrize("layers", [0, 3])
 def test_top_k_with_more_layers_than_the_model_is_a_clear_error(tiny_checkpoints, layers):
-    with pytest.raises(ValueError, match="--layers must be between 1 and 2"):
-        build(tiny_checkpoints, mode="top-k", layers=layers)
+    with pytest.raises(ValueError, match="--top-layers must be between 1 and 2"):
+        build(tiny_checkpoints, mode="top-k", top_layers=layers)
 
 
 def test_unknown_mode_is_a_clear_error(tiny_checkpoints):

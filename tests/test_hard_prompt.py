@@ -9,7 +9,8 @@ import torch
 
 from data import TemplateError, VerbalizerError, batches, label_word, load_task
 from methods import hard_prompt
-from methods.hard_prompt import SEPARATOR, HardPrompt, demonstrations, icl_template, parse_verbalizer
+from methods.hard_prompt import (SEPARATOR, HardPrompt, HardPromptConfig, demonstrations, icl_template,
+                                 parse_verbalizer)
 from minitransformer import load_pretrained
 
 POSITIVE = ["the movie was great", "the actors were wonderful", "a lovely day", "the food was fine",
@@ -54,7 +55,8 @@ def cli(tiny_checkpoints, tiny_sst2, tmp_path, words, kind, *options):
 def test_verbalizer_scores_equal_the_reference_lm_logits_of_the_label_words(tiny_checkpoints, tiny_sst2, words, kind):
     directory, reference = tiny_checkpoints[kind]
     backbone, tokenizer = load_pretrained(directory)
-    model = HardPrompt(backbone, tokenizer, 2, "{text} it was {mask} .", words[kind]).eval()
+    model = HardPrompt(backbone, tokenizer, 2, HardPromptConfig(templates=["{text} it was {mask} ."]),
+                       verbalizer=words[kind]).eval()
     batch = next(batches(load_task("sst2", tiny_sst2).splits["dev"], tokenizer, 8, template=model.template))
     with torch.no_grad():
         ours = model(batch)  # (B, 2)
@@ -104,16 +106,16 @@ def test_random_label_control_changes_only_the_labels():
 def test_zero_shot_runs_end_to_end_on_a_tiny_gpt2(tiny_checkpoints, tiny_sst2, words, tmp_path, capsys):
     record = cli(tiny_checkpoints, tiny_sst2, tmp_path, words, "gpt2", "--mode", "zero-shot")
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["variant"] == "zero-shot" and "next-token head" in saved["variant_reason"]
+    assert saved["details"]["variant"] == "zero-shot" and "next-token head" in saved["details"]["variant_reason"]
     assert 0 <= saved["dev_metric"] <= 1 and 0 <= saved["test_metric"] <= 1 and saved["trainable_params"] == 0
-    assert record["dev_metric"] == saved["dev_metric"]
+    assert record.dev_metric == saved["dev_metric"]
     assert "variant: zero-shot" in capsys.readouterr().out
 
 
 def test_icl_runs_end_to_end_with_the_random_label_control(tiny_checkpoints, tiny_sst2, words, tmp_path):
     cli(tiny_checkpoints, tiny_sst2, tmp_path, words, "gpt2", "--mode", "icl", "--shots", "1",
         "--template", "{text} was {mask}")  # short: the tiny GPT-2 reads 64 positions
-    conditions = json.loads((tmp_path / "results.json").read_text())["conditions"]
+    conditions = json.loads((tmp_path / "results.json").read_text())["details"]["conditions"]
     assert list(conditions) == ["zero-shot", "gold labels", "random labels"]
     assert conditions["gold labels"]["prompt"].count(SEPARATOR) == 2, "one demonstration per class, then the query"
     assert all(0 <= c["dev_metric"] <= 1 for c in conditions.values())
@@ -121,10 +123,10 @@ def test_icl_runs_end_to_end_with_the_random_label_control(tiny_checkpoints, tin
 
 def test_sensitivity_reports_every_template_and_draws_them(tiny_checkpoints, tiny_sst2, words, tmp_path):
     record = cli(tiny_checkpoints, tiny_sst2, tmp_path, words, "gpt2", "--mode", "sensitivity")
-    scores = [t["dev_metric"] for t in record["templates"]]
-    assert [t["template"] for t in record["templates"]] == load_task("sst2", tiny_sst2).templates
-    assert (record["mean"], record["min"], record["max"]) == (sum(scores) / len(scores), min(scores), max(scores))
-    assert record["spread"] == max(scores) - min(scores)
+    scores = [t["dev_metric"] for t in record.details["templates"]]
+    assert [t["template"] for t in record.details["templates"]] == load_task("sst2", tiny_sst2).templates
+    assert (record.details["mean"], record.details["min"], record.details["max"]) == (sum(scores) / len(scores), min(scores), max(scores))
+    assert record.details["spread"] == max(scores) - min(scores)
     assert (tmp_path / "template_sensitivity.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -132,15 +134,15 @@ def test_a_model_without_lm_head_runs_template_head_and_says_why(minilm_dir, tmp
     record = hard_prompt.main(["--model", str(minilm_dir), "--task", "builtin_sentiment", "--mode", "zero-shot",
                                "--max-steps", "2", "--limit-train", "32", "--out", str(tmp_path), "--no-progress"])
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["variant"] == "template-head" and saved["trainable_params"] == 384 * 2 + 2, "a linear head only"
-    assert "no masked-LM head, so zero-shot cloze scoring is impossible" in saved["variant_reason"]
+    assert saved["details"]["variant"] == "template-head" and saved["trainable_params"] == 384 * 2 + 2, "a linear head only"
+    assert "no masked-LM head, so zero-shot cloze scoring is impossible" in saved["details"]["variant_reason"]
     assert "no masked-LM head" in capsys.readouterr().out
     assert (tmp_path / "learning_curve.png").exists()
 
 
 def test_template_head_reads_the_mask_position(tiny_checkpoints, tiny_sst2):
     backbone, tokenizer = load_pretrained(tiny_checkpoints["bert"][0])
-    model = HardPrompt(backbone, tokenizer, 2, "{text} it was {mask} .", read="mask").eval()
+    model = HardPrompt(backbone, tokenizer, 2, HardPromptConfig("template-head", ["{text} it was {mask} ."], read="mask")).eval()
     batch = next(batches(load_task("sst2", tiny_sst2).splits["dev"], tokenizer, 8, template=model.template))
     with torch.no_grad():
         hidden = backbone(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])  # (B, T, H)

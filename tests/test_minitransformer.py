@@ -96,6 +96,39 @@ def test_training_attention_by_hand_equals_sdpa(kind, tiny_checkpoints):
     torch.testing.assert_close(by_hand, sdpa, **TOL, msg="attention by hand differs from SDPA")
 
 
+@pytest.mark.parametrize("kind", ["bert", "roberta", "gpt2"])
+def test_fast_paths_give_the_plain_path_outputs_and_gradients(kind, tiny_checkpoints):
+    """config.fast switches the speed devices (padding skipped in the blocks, the rand dropout draw, attention by
+    hand on CPU) for the plain padded path: the same hidden states at the real tokens, the same gradients for the
+    inputs a prompt method trains (inputs_embeds and a per-layer prefix), in eval and in training without dropout."""
+    runs = {}
+    for fast in (True, False):
+        model, tokenizer = load_pretrained(str(tiny_checkpoints[kind][0]), fast=fast)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0  # same draws are not promised, only the same distribution (see Dropout)
+        batch = tokenizer.encode(SENTENCES)
+        types = batch.pop("token_type_ids") if kind != "gpt2" else None
+        embeds = model.word_embeddings(batch["input_ids"]).detach().requires_grad_(True)
+        prefix = [tuple(t.requires_grad_(True) for t in kv) for kv in random_prefix(model, len(SENTENCES), 3)]
+        model.train()
+        hidden = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], token_type_ids=types,
+                       prefix=prefix)
+        (hidden * batch["attention_mask"][..., None]).pow(2).sum().backward()
+        with torch.no_grad():
+            evaluated = model.eval()(**batch, token_type_ids=types) if types is not None else model.eval()(**batch)
+        runs[fast] = (hidden.detach(), evaluated, embeds.grad, [kv[0].grad for kv in prefix])
+    (fast_hidden, fast_eval, fast_embeds, fast_prefix), (plain_hidden, plain_eval, plain_embeds, plain_prefix) = \
+        runs[True], runs[False]
+    torch.testing.assert_close(fast_hidden, plain_hidden, **TOL, msg="training outputs differ between the paths")
+    torch.testing.assert_close(fast_eval, plain_eval, **TOL, msg="eval outputs differ between the paths")
+    torch.testing.assert_close(fast_embeds, plain_embeds, **TOL, msg="input gradients differ between the paths")
+    for fast_grad, plain_grad in zip(fast_prefix, plain_prefix):
+        torch.testing.assert_close(fast_grad, plain_grad, **TOL, msg="prefix gradients differ between the paths")
+    assert not any(m.fast for m in load_pretrained(str(tiny_checkpoints[kind][0]), fast=False)[0].modules()
+                   if hasattr(m, "fast")), "fast=False must reach every module"
+
+
 def test_gpt2_greedy_generation_matches_transformers(tiny_checkpoints):
     directory, hf_model = tiny_checkpoints["gpt2"]
     model, tokenizer = load_pretrained(str(directory))

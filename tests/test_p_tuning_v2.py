@@ -7,9 +7,9 @@ import torch
 from data import load_task
 from data.batching import batches
 from minitransformer import load_pretrained
-from methods.p_tuning_v2 import PTuningV2, PTuningV2Config, main, parse_layers
-from methods.prefix_tuning import PrefixTuning, PrefixTuningConfig
-from methods.training import TrainConfig, evaluate, train
+from methods.p_tuning_v2 import PTuningV2, PTuningV2Config, main
+from methods.prefix_tuning import PrefixTuning, PrefixTuningConfig, parse_layers
+from methods.shared.training import TrainConfig, evaluate, train
 from tests.test_prefix_tuning import copy_peft_prefix, encode
 
 
@@ -27,7 +27,7 @@ def test_layer_specs_are_one_based_and_inclusive(spec, expected):
 
 @pytest.mark.parametrize("spec", ["4-8", "0-2", "3-1", "7", "four"])
 def test_layers_outside_the_model_are_a_clear_error(spec):
-    with pytest.raises(ValueError, match="--layers"):
+    with pytest.raises(ValueError, match="--prompt-layers"):
         parse_layers(spec, 6)
 
 
@@ -117,15 +117,15 @@ def test_verbalizer_head_without_lm_head_says_so(minilm_dir):
 
 
 def test_command_line_runs_a_depth_ablation(tiny_checkpoints, tmp_path):
-    record = main(["--model", str(tiny_checkpoints["bert"][0]), "--task", "builtin_sentiment", "--layers", "2",
-                   "--max-steps", "2", "--virtual-tokens", "4", "--max-length", "32", "--out", str(tmp_path),
+    record = main(["--model", str(tiny_checkpoints["bert"][0]), "--task", "builtin_sentiment", "--prompt-layers", "2",
+                   "--max-steps", "2", "--num-virtual-tokens", "4", "--max-length", "32", "--out", str(tmp_path),
                    "--no-progress"])
-    assert record["method"] == "p_tuning_v2_layers2" and record["options"]["prompt_layers"] == "2"
-    assert record["options"]["lr"] == 1e-2, "flat deep prompts default to lr 1e-2"
-    assert record["trainable_params"] == 4 * 2 * 1 * 32 + 32 * 2 + 2, "one layer's prefix plus the linear head"
+    assert record.run_name == "p_tuning_v2_layers2" and record.config["prompt_layers"] == "2"
+    assert record.options["lr"] == 1e-2, "flat deep prompts default to lr 1e-2"
+    assert record.trainable_params == 4 * 2 * 1 * 32 + 32 * 2 + 2, "one layer's prefix plus the linear head"
 
 
 def test_command_line_rejects_layers_outside_the_model(tiny_checkpoints, tmp_path):
     with pytest.raises(ValueError, match="it has layers 1 to 2"):
-        main(["--model", str(tiny_checkpoints["bert"][0]), "--task", "builtin_sentiment", "--layers", "2-4",
+        main(["--model", str(tiny_checkpoints["bert"][0]), "--task", "builtin_sentiment", "--prompt-layers", "2-4",
               "--max-steps", "1", "--out", str(tmp_path), "--no-progress"])

@@ -10,10 +10,11 @@ import torch
 from data import TableExample
 from data.batching import IGNORE_INDEX
 from minitransformer import generate, load_pretrained
-from methods.prefix_tuning import (PrefixTuning, PrefixTuningConfig, generate_texts, gather_task_prefixes,
-                                   lm_batches, main, mixed_task_logits, prompt_text)
-from methods.runner import load_method, save_method
-from methods.training import TrainConfig, task_loss, train
+from data.batching import causal_lm_batches, table_prompt
+from methods.prefix_tuning import (PrefixTuning, PrefixTuningConfig, generate_texts, gather_task_prefixes, main,
+                                   mixed_task_logits)
+from methods.shared.pipeline import load_weights, save_method
+from methods.shared.training import TrainConfig, task_loss, train
 from tests.helpers import SENTENCES, TOL, assert_refuses_another_backbone, assert_trains_only, masked
 
 EXACT = dict(rtol=0, atol=1e-6)
@@ -123,7 +124,7 @@ def test_all_zero_prefix_is_not_a_no_op(tiny_checkpoints):
     with torch.no_grad():
         method.prefix.flat_prefix.zero_()
         with_zero_prefix = method(batch)
-        without_prefix = method.head(method.backbone(batch["input_ids"], batch["attention_mask"]), batch)
+        without_prefix = method.read(method.backbone(batch["input_ids"], batch["attention_mask"]), batch)
     assert (with_zero_prefix - without_prefix).abs().max() > 1e-3, \
         "zero keys still take softmax mass (score 0 -> weight exp(0)), so outputs must change"
 
@@ -132,12 +133,12 @@ def test_mixed_task_batch_equals_separate_runs(tiny_checkpoints, tmp_path):
     directory = tiny_checkpoints["bert"][0]
     sentiment, tokenizer = build(directory, seed=1)
     topic, _ = build(directory, num_labels=3, seed=2, flat=True)  # another task: 3 labels, a flat prefix
-    save_method(sentiment.eject(), tmp_path / "sentiment", "prefix_tuning", {})
-    save_method(topic, tmp_path / "topic", "prefix_tuning", {})
+    save_method(sentiment.eject(), tmp_path / "sentiment")
+    save_method(topic, tmp_path / "topic")
     backbone, _ = load_pretrained(str(directory))  # serving: one backbone, both tasks' prefixes loaded onto it
     served = [PrefixTuning(backbone, tokenizer, n, PrefixTuningConfig(5, flat=True)).eval() for n in (2, 3)]
     for method, name in zip(served, ("sentiment", "topic")):
-        load_method(method, tmp_path / name)
+        load_weights(method, tmp_path / name)
     batch = encode(tokenizer, SENTENCES + SENTENCES[:2])
     batch["task_ids"] = torch.tensor([0, 1, 1, 0, 1])
     with torch.no_grad():
@@ -160,14 +161,14 @@ def test_save_load_round_trip_gives_identical_outputs(tiny_checkpoints, tmp_path
     directory = tiny_checkpoints["bert"][0]
     trained, tokenizer = build(directory, seed=1)
     batch = encode(tokenizer)
-    save_method(trained, tmp_path / "training", "prefix_tuning", {})
+    save_method(trained, tmp_path / "training")
     loaded, _ = build(directory, seed=2)  # a different random start
-    load_method(loaded, tmp_path / "training")
+    load_weights(loaded, tmp_path / "training")
     meta = json.loads((tmp_path / "training" / "method.json").read_text())
     assert "training state" in meta["contents"]
-    save_method(trained.eject(), tmp_path / "deploy", "prefix_tuning", {})
+    save_method(trained.eject(), tmp_path / "deploy")
     deployed, _ = build(directory, seed=3, flat=True)  # the deploy file loads into a flat prefix
-    load_method(deployed, tmp_path / "deploy")
+    load_weights(deployed, tmp_path / "deploy")
     with torch.no_grad():
         expected = trained(batch)
         assert torch.equal(loaded(batch), expected), "training-state round trip must be exact"
@@ -176,7 +177,7 @@ def test_save_load_round_trip_gives_identical_outputs(tiny_checkpoints, tmp_path
 
 def test_loading_a_prefix_trained_for_another_model_is_an_error(tiny_checkpoints, tmp_path):
     trained, _ = build(tiny_checkpoints["bert"][0])
-    assert_refuses_another_backbone(trained, build(tiny_checkpoints["roberta"][0])[0], tmp_path, "prefix_tuning")
+    assert_refuses_another_backbone(trained, build(tiny_checkpoints["roberta"][0])[0], tmp_path)
 
 
 def test_backbone_is_bit_identical_after_training(tiny_checkpoints):
@@ -201,11 +202,11 @@ def test_prefix_dropout_acts_while_training_only(tiny_checkpoints):
 
 
 def test_loading_a_prefix_trained_on_other_layers_is_a_clear_error(tiny_checkpoints, tmp_path):
-    trained, _ = build(tiny_checkpoints["bert"][0], flat=True, layers=[0])
-    save_method(trained, tmp_path, "prefix_tuning", {})
+    trained, _ = build(tiny_checkpoints["bert"][0], flat=True, prompt_layers="1")
+    save_method(trained, tmp_path)
     other, _ = build(tiny_checkpoints["bert"][0], flat=True)  # every layer: the flat prefix is twice as wide
     with pytest.raises(ValueError, match=r"prefix\.flat_prefix.* saved \[5, 64\].* expects \[5, 128\].*options"):
-        load_method(other, tmp_path)
+        load_weights(other, tmp_path)
 
 
 def test_generation_with_prefix_equals_decoding_without_cache(tiny_checkpoints):
@@ -229,9 +230,9 @@ TABLES = [TableExample("name : Aromi | food : pub", ["Aromi is a pub.", "a pub c
 
 def test_lm_batches_train_only_on_reference_tokens(tiny_checkpoints):
     _, tokenizer = load_pretrained(str(tiny_checkpoints["gpt2"][0]))
-    batch = next(lm_batches(TABLES, tokenizer, batch_size=8))
+    batch = next(causal_lm_batches(TABLES, tokenizer, batch_size=8))
     assert batch["input_ids"].shape[0] == 3, "one row per (table, reference) pair"
-    prompt = tokenizer.token_ids(prompt_text(TABLES[0].source))
+    prompt = tokenizer.token_ids(table_prompt(TABLES[0].source))
     reference = tokenizer.token_ids(" Aromi is a pub.") + [tokenizer.eos_id]
     labels = batch["labels"][0]
     assert (labels[:len(prompt) - 1] == IGNORE_INDEX).all(), "no loss on the table"
@@ -247,9 +248,9 @@ def test_table_to_text_training_lowers_the_reference_loss(tiny_checkpoints):
     # to move the loss: a larger final layer-norm gain gives the logits room, as a trained model has.
     with torch.no_grad():
         method.backbone.final_norm.weight.mul_(40)
-    loss = lambda: sum(task_loss(method(b), b["labels"]).item() for b in lm_batches(TABLES, tokenizer, 8))
+    loss = lambda: sum(task_loss(method(b), b["labels"]).item() for b in causal_lm_batches(TABLES, tokenizer, 8))
     before = loss()
-    train(method, lambda epoch: lm_batches(TABLES, tokenizer, 3, True, epoch), 1, None,
+    train(method, lambda epoch: causal_lm_batches(TABLES, tokenizer, 3, True, epoch), 1, None,
           TrainConfig(epochs=40, lr=3e-2, progress=False))
     method.eval()
     assert loss() < 0.7 * before, f"the LM loss on the references should fall by 30%: {before:.2f} -> {loss():.2f}"
@@ -269,9 +270,9 @@ def test_command_line_trains_table_to_text_and_saves_both_states(tiny_checkpoint
     write_e2e_files(tmp_path / "data", TABLES)
     out = tmp_path / "run"
     record = main(["--model", str(tiny_checkpoints["gpt2"][0]), "--task", "e2e_prefixtuning", "--data-dir",
-                   str(tmp_path / "data"), "--max-steps", "2", "--virtual-tokens", "4", "--mlp-hidden", "16",
+                   str(tmp_path / "data"), "--max-steps", "2", "--num-virtual-tokens", "4", "--mlp-hidden", "16",
                    "--max-new-tokens", "4", "--out", str(out), "--no-progress"])
-    assert record["metric"] == "bleu" and 0 <= record["dev_metric"] <= 1
+    assert record.metric == "bleu" and 0 <= record.dev_metric <= 1
     assert "training state" in json.loads((out / "method.json").read_text())["contents"]
     assert "deploy state" in json.loads((out / "deploy" / "method.json").read_text())["contents"]
     assert (out / "deploy" / "method.safetensors").stat().st_size < (out / "method.safetensors").stat().st_size
@@ -279,9 +280,9 @@ def test_command_line_trains_table_to_text_and_saves_both_states(tiny_checkpoint
 
 def test_command_line_classification_run(tiny_checkpoints, tmp_path):
     record = main(["--model", str(tiny_checkpoints["bert"][0]), "--task", "builtin_sentiment", "--flat",
-                   "--max-steps", "2", "--virtual-tokens", "4", "--max-length", "32", "--out", str(tmp_path),
+                   "--max-steps", "2", "--num-virtual-tokens", "4", "--max-length", "32", "--out", str(tmp_path),
                    "--no-progress"])
-    assert record["options"]["lr"] == 1e-2, "a flat prefix's default learning rate"
+    assert record.options["lr"] == 1e-2, "a flat prefix's default learning rate"
     assert (tmp_path / "results.json").exists() and not (tmp_path / "deploy").exists()
 
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from minitransformer import load_pretrained
-from methods.prompt_tuning import PromptTuning, PromptTuningConfig, main, run_with_prompt
-from methods.runner import save_method
+from methods.prompt_tuning import PromptTuning, PromptTuningConfig, main
+from methods.shared.prompting import run_with_prompt
+from methods.shared.pipeline import save_method
 from tests.helpers import (PAIRS, SENTENCES, TOL, assert_refuses_another_backbone, assert_reload_is_exact,
                            assert_trains_only, masked, perturb_trainable)
 
@@ -30,7 +31,9 @@ def peft_prompt_model(hf_model, task_type, prompt: torch.Tensor):
 
 def tiny_prompt_tuning(directory, head="classifier", verbalizer=None, n=P, **config):
     backbone, tokenizer = load_pretrained(str(directory))
-    model = PromptTuning(backbone, tokenizer, 2, PromptTuningConfig(n, head=head, **config), verbalizer)
+    template = "{text} it was {mask}" if head == "verbalizer" else None  # these tests build their batches by hand
+    model = PromptTuning(backbone, tokenizer, 2, PromptTuningConfig(n, head=head, template=template, **config),
+                         verbalizer=verbalizer)
     return model.eval(), tokenizer
 
 
@@ -121,14 +124,14 @@ def test_save_load_round_trip_gives_identical_outputs(tiny_checkpoints, tmp_path
     model, tokenizer = tiny_prompt_tuning(tiny_checkpoints["bert"][0])
     perturb_trainable(model, scale=1.0)  # as if trained: the prompt and the head
     fresh, _ = tiny_prompt_tuning(tiny_checkpoints["bert"][0])
-    assert_reload_is_exact(model, fresh, tokenizer.encode(SENTENCES), tmp_path, "prompt_tuning", {"num_virtual_tokens": P})
+    assert_reload_is_exact(model, fresh, tokenizer.encode(SENTENCES), tmp_path)
 
 
 def test_head_is_trainable_and_saved_with_the_prompt(tiny_checkpoints, tmp_path):
     model, _ = tiny_prompt_tuning(tiny_checkpoints["bert"][0])
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"virtual_tokens", "head.linear.weight", "head.linear.bias"}, trainable
-    save_method(model, tmp_path, "prompt_tuning", {})
+    save_method(model, tmp_path)
     from safetensors.torch import load_file
     assert set(load_file(str(tmp_path / "method.safetensors"))) == trainable, "the head must be saved too"
     assert "task head" in json.loads((tmp_path / "method.json").read_text())["contents"]
@@ -137,7 +140,7 @@ def test_head_is_trainable_and_saved_with_the_prompt(tiny_checkpoints, tmp_path)
 def test_loading_a_prompt_for_another_backbone_is_an_error(tiny_checkpoints, tmp_path):
     model, _ = tiny_prompt_tuning(tiny_checkpoints["bert"][0])
     other, _ = tiny_prompt_tuning(tiny_checkpoints["gpt2"][0])
-    assert_refuses_another_backbone(model, other, tmp_path, "prompt_tuning")
+    assert_refuses_another_backbone(model, other, tmp_path)
 
 
 def test_backbone_is_bit_identical_after_training(tiny_checkpoints):
@@ -178,6 +181,6 @@ def test_command_line_trains_and_writes_results(tiny_checkpoints, tmp_path, caps
     record = main(["--model", str(tiny_checkpoints["bert"][0]), "--task", "builtin_sentiment", "--head", "classifier",
                    "--max-steps", "2", "--limit-train", "16", "--num-virtual-tokens", "4", "--max-length", "32", "--out", str(tmp_path),
                    "--no-progress"])
-    assert (tmp_path / "results.json").exists() and record["steps"] == 2
-    assert record["trainable_params"] == 4 * 32 + 32 * 2 + 2, "prompt (4 x 32) plus the head (32 x 2 + 2)"
+    assert (tmp_path / "results.json").exists() and record.steps == 2
+    assert record.trainable_params == 4 * 32 + 32 * 2 + 2, "prompt (4 x 32) plus the head (32 x 2 + 2)"
     assert "virtual token  0 is nearest to" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """The shared training loop and runner: what trains, determinism, NaN stops, results.json and the plot."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -11,7 +12,7 @@ from torch import nn
 from data import batches, load_task
 from methods import fine_tuning
 from methods.fine_tuning import FineTuning, FineTuningConfig
-from methods.training import TrainConfig, count_parameters, evaluate, train
+from methods.shared.training import TrainConfig, count_parameters, evaluate, train
 from minitransformer import load_pretrained
 
 MAX_LENGTH = 32  # the tiny checkpoints have 64 positions; built-in sentences are longer in their small vocabulary
@@ -129,12 +130,15 @@ def test_command_line_writes_results_json_and_plot(tiny_checkpoints, tmp_path, c
                                "--mode", "head", "--max-steps", "3", "--eval-every", "2", "--batch-size", "8",
                                "--max-length", str(MAX_LENGTH), "--out", str(out), "--no-progress"])
     saved = json.loads((out / "results.json").read_text())
-    assert saved == json.loads(json.dumps(record, default=str)), "results.json must hold the returned record"
-    for key in ("method", "model", "task", "options", "trainable_params", "total_params", "metric", "dev_metric",
-                "test_metric", "history", "train_seconds", "steps", "seconds_per_step", "peak_memory_mb"):
+    assert saved == json.loads(json.dumps(dataclasses.asdict(record), default=str)), \
+        "results.json must hold the returned record"
+    for key in ("method", "run_name", "model", "task", "config", "options", "trainable_params", "total_params",
+                "metric", "dev_metric", "test_metric", "history", "train_seconds", "steps", "seconds_per_step",
+                "peak_memory_mb", "stored_bytes", "details"):
         assert key in saved, f"results.json lacks {key}"
-    assert saved["method"] == "head_only" and saved["task"] == "builtin_sentiment" and saved["steps"] == 3
-    assert saved["options"]["mode"] == "head" and saved["options"]["lr"] == fine_tuning.DEFAULT_LR["head"]
+    assert saved["method"] == "fine_tuning" and saved["run_name"] == "head_only"
+    assert saved["task"] == "builtin_sentiment" and saved["steps"] == 3
+    assert saved["config"]["mode"] == "head" and saved["options"]["lr"] == fine_tuning.DEFAULT_LR["head"]
     assert 0 < saved["trainable_params"] < saved["total_params"]
     assert [r["step"] for r in saved["history"]] == [2, 3]
     assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", "the plot must be a PNG"

@@ -1,0 +1,1 @@
+"""The machinery every method shares: the run pipeline, the training loop, heads, prompt plumbing, options, plots."""

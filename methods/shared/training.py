@@ -1,0 +1,234 @@
+"""The one training loop every method, the compare runner and the lessons use.
+
+AdamW over the trainable parameters only (the backbone is frozen by the method),
+linear warm-up then linear decay, gradient clipping, evaluation on the dev split
+every `eval_every` steps and at the end, and the best trainable state kept.
+"""
+from __future__ import annotations
+
+import math
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from data.batching import IGNORE_INDEX
+from data.metrics import METRICS
+from data.readers import NER_TAGS
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch: the same seed gives the same numbers on CPU."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def get_device(name: str | None = None) -> torch.device:
+    """The named device, else the best available: cuda, then mps, then cpu."""
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; tied weights are counted once."""
+    params = list(model.parameters())  # nn.Module.parameters() already skips duplicates
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this run on CUDA; on CPU the process's peak resident size (all runs so far)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    max_steps: int | None = None     # stop after this many steps (overrides epochs when smaller)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06       # fraction of steps with a linearly rising learning rate
+    grad_clip: float = 1.0
+    eval_every: int | None = None    # steps between dev evaluations; None: once per epoch
+    seed: int = 0
+    bf16: bool = True                # autocast to bfloat16 on CUDA
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be a positive number of steps, got {self.max_steps}.")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}.")
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)  # {step, loss, dev_metric, seconds of training so far}
+    best_metric: float = float("nan")
+    best_step: int = 0
+    steps: int = 0
+    train_seconds: float = 0.0
+    stopped: str | None = None       # why training stopped early (e.g. a NaN loss)
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for [B, C] (sentence) or [B, T, C] (token) logits; -100 labels are ignored."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA (where it is fast); a no-op elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[dict], metric: str = "accuracy",
+             device: torch.device | None = None, tag_names: list[str] = NER_TAGS) -> float:
+    """Score the model's argmax predictions with the task's metric (data.METRICS: accuracy, macro_f1, entity_f1)."""
+    if metric not in METRICS or metric == "bleu":
+        raise ValueError(f"Cannot score argmax predictions with {metric!r}: expected accuracy, macro_f1 or "
+                         "entity_f1 (a generation task is scored on generated text).")
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    predictions, targets = [], []
+    for batch in batches:
+        batch = to_device(batch, device)
+        with autocast(device):
+            predicted = model(batch).argmax(-1).cpu()
+        labels = batch["labels"].cpu()
+        if labels.dim() == 1:
+            predictions += predicted.tolist()
+            targets += labels.tolist()
+        else:  # token labels: read the predicted tag at each word's first subword
+            for row_pred, row_gold in zip(predicted, labels):
+                keep = row_gold != IGNORE_INDEX
+                predictions.append([tag_names[i] for i in row_pred[keep].tolist()])
+                targets.append([tag_names[i] for i in row_gold[keep].tolist()])
+    model.train(was_training)
+    return METRICS[metric](predictions, targets)
+
+
+def make_optimizer(params: list[nn.Parameter], config: TrainConfig, total_steps: int, device: torch.device):
+    """AdamW and its schedule: linear warm-up to lr, then linear decay to 0 (BERT's, and the P-tuning v2 code's)."""
+    # fused: one kernel for all tensors instead of a loop over them (most of the optimizer step on CPU).
+    fused = device.type in ("cpu", "cuda") and all(p.dtype in (torch.float32, torch.bfloat16) for p in params)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused or None)
+    warmup = int(config.warmup_ratio * total_steps)
+    rate = lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+
+
+def every_epoch(train_batches: Callable[[int], Iterable[dict]], epochs: int) -> Iterator[dict]:
+    """The training batches of epoch 0, then of epoch 1, ...: each epoch's order is its own."""
+    for epoch in range(epochs):
+        yield from train_batches(epoch)
+
+
+def backward(model: nn.Module, batch: dict, params: list[nn.Parameter], config: TrainConfig,
+             device: torch.device) -> tuple[torch.Tensor, str | None]:
+    """Loss and gradients for one batch (clipped); the reason to stop instead, if either is not finite."""
+    with autocast(device, config.bf16):
+        loss = task_loss(model(batch), batch["labels"])
+    grad_norm = torch.zeros(())
+    if torch.isfinite(loss):
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    # An infinite gradient with a finite loss would turn the weights into NaN at this update:
+    # stop before it, so that the state the model keeps is the last good one.
+    if torch.isfinite(loss) and torch.isfinite(grad_norm):
+        return loss, None
+    return loss, (f"Loss became {loss.item()}" if not torch.isfinite(loss) else
+                  f"The gradient norm became {grad_norm.item()} (loss {loss.item():.4g})")
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def restore(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    for name, param in model.named_parameters():
+        if name in state:
+            param.copy_(state[name])
+
+
+def train(model: nn.Module, train_batches: Callable[[int], Iterable[dict]], steps_per_epoch: int,
+          dev_batches: Callable[[], Iterable[dict]] | None, config: TrainConfig, metric: str = "accuracy",
+          device: torch.device | None = None) -> TrainResult:
+    """Train `model` (its parameters with requires_grad) and return the history.
+
+    `model(batch)` returns logits; `train_batches(epoch)` yields that epoch's batches (each
+    with `labels`); `dev_batches()` yields the dev batches. At the end the model holds the
+    trainable state that scored best on dev (the last one without a dev set).
+    """
+    set_seed(config.seed)
+    device = device or next(model.parameters()).device
+    params = trainable_parameters(model)
+    if not params:
+        raise ValueError("The model has no trainable parameters: the method must leave some requires_grad=True.")
+    total_steps = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
+    optimizer, schedule = make_optimizer(params, config, total_steps, device)
+    eval_every = config.eval_every or steps_per_epoch
+    result, best_state, losses = TrainResult(), None, []
+    bar = tqdm(total=total_steps, desc="training", disable=not config.progress, leave=False)
+    start, eval_seconds = time.perf_counter(), 0.0
+    model.train()
+    for batch in every_epoch(train_batches, config.epochs):
+        optimizer.zero_grad(set_to_none=True)
+        loss, problem = backward(model, to_device(batch, device), params, config, device)
+        if problem:
+            result.stopped = (f"{problem} at step {result.steps + 1}: training stopped before that update and the "
+                              "last good state was kept. Try a smaller learning rate (--lr).")
+            print(result.stopped, file=sys.stderr)
+            break
+        optimizer.step()
+        schedule.step()
+        result.steps += 1
+        losses.append(loss.item())
+        bar.update(1)
+        if result.steps % eval_every == 0 or result.steps == total_steps:
+            record = {"step": result.steps, "loss": float(np.mean(losses)),
+                      "seconds": time.perf_counter() - start - eval_seconds}
+            losses = []
+            if dev_batches is not None:
+                eval_start = time.perf_counter()
+                record["dev_metric"] = evaluate(model, dev_batches(), metric, device)
+                eval_seconds += time.perf_counter() - eval_start
+                if best_state is None or record["dev_metric"] > result.best_metric:
+                    result.best_metric, result.best_step, best_state = record["dev_metric"], result.steps, snapshot(model)
+            result.history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", **({metric: f"{record['dev_metric']:.3f}"}
+                                                             if "dev_metric" in record else {}))
+        if result.steps >= total_steps:
+            break
+    bar.close()
+    result.train_seconds = time.perf_counter() - start - eval_seconds  # training only
+    if best_state is not None:  # keep the best dev state, not merely the last
+        restore(model, best_state)
+    return result
