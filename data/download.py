@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import http.client
 import os
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -160,6 +161,23 @@ def download(url: str, dest: Path, sha256: str | None, timeout: float = 60.0) ->
                     folder.rmdir()
 
 
+def check_published(path: Path, relpath: str) -> None:
+    """Warn (one line, once per file version) when a data file is not the published one: a copy cut short or
+    edited still reads, and its numbers would silently not be the benchmark's."""
+    source = SOURCES.get(relpath)
+    stat = path.stat()
+    if source is None or source.sha256 is None or (path, stat.st_mtime_ns, stat.st_size) in _CHECKED:
+        return
+    _CHECKED.add((path, stat.st_mtime_ns, stat.st_size))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != source.sha256:
+        print(f"warning: {path} is not the published {relpath} (its sha256 differs): if it was cut short or "
+              "edited, its numbers are not the benchmark's; copy it again to be sure.", file=sys.stderr)
+
+
+_CHECKED: set = set()
+
+
 def find_file(relpath: str, data_dir: str | Path | None = None, *,
               allow_download: bool | None = None, base_url: str | None = None) -> Path:
     """Return the path of data file ``relpath`` (e.g. ``"superglue_rte/val.jsonl"``).
@@ -180,6 +198,7 @@ def find_file(relpath: str, data_dir: str | Path | None = None, *,
             continue
         candidate = Path(folder).expanduser() / relpath
         if candidate.is_file():
+            check_published(candidate, relpath)
             return candidate
         looked.append(f"{label}: {candidate} (no such file)")
 
@@ -199,9 +218,9 @@ def find_file(relpath: str, data_dir: str | Path | None = None, *,
         except OSError as error:  # e.g. the cache directory is not writable
             looked.append(f"download: {url} could not be saved: {error}")
     hint = MANUAL_SOURCES.get(relpath)
-    raise DataNotFoundError(
-        f"Data file '{relpath}' was not found. Looked in:\n  - " + "\n  - ".join(looked) +
-        f"\nTo fix: point PROMPT_DATA_DIR (or data_dir=...) at a folder that holds '{relpath}', "
+    raise DataNotFoundError(  # one line: a command line prints it as its whole error
+        f"Data file '{relpath}' was not found (looked in: " + "; ".join(looked) +
+        f"). To fix: point PROMPT_DATA_DIR (or data_dir=...) at a folder that holds '{relpath}', "
         "or connect to the internet and unset PROMPT_OFFLINE so it can be downloaded into the cache"
         + (f", or get it from {hint}" if hint else "") +
         ". For an offline first run use a built-in task such as 'builtin_sentiment'.")

@@ -233,7 +233,7 @@ def load_task(name: str, data_dir: str | Path | None = None, allow_download: boo
         examples = spec.read(path, spec.label_names)
         splits.update(hash_split(examples, HASH_FRACTIONS[split]) if "+" in split else {split: examples})
     if not splits:
-        raise DataNotFoundError(f"task {name!r}: none of its files were found.\n{errors[0]}")
+        raise DataNotFoundError(f"task {name!r}: none of its files were found. {errors[0]}")
     for template in spec.templates:
         check_template(template, pair=spec.kind == "pair")
     first_split, first_path = next(iter(files.items()))

@@ -44,7 +44,7 @@ from minitransformer.model import ACTIVATIONS
 
 from methods.fine_tuning import FineTuning, FineTuningConfig
 from methods.shared.options import option, positive_int
-from methods.shared.pipeline import parse_command_line, run
+from methods.shared.pipeline import command_line, parse_command_line, run
 
 KINDS = ("houlsby", "adapterbias")
 DEFAULT_LR = {"houlsby": 1e-3, "adapterbias": 3e-3}
@@ -56,7 +56,8 @@ class AdapterConfig:
                        "shift after the feed-forward only", choices=KINDS)
     bottleneck: int = option(64, "houlsby: the bottleneck width m", type=positive_int)
     activation: str = option("gelu", "houlsby: the bottleneck's nonlinearity f", choices=tuple(ACTIVATIONS))
-    init_std: float = option(1e-2, "W_down ~ N(0, init_std^2), as Houlsby et al.: near zero, near the identity")
+    init_std: float = option(1e-2, "W_down ~ N(0, init_std^2), as Houlsby et al.: near zero, near the identity",
+                             training_only=True)
     train_layer_norms: bool = option(True, "train the LayerNorm gains and biases too (Houlsby et al.)")
 
     @property
@@ -143,4 +144,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

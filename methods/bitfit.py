@@ -22,7 +22,7 @@ from minitransformer import Tokenizer, Transformer
 
 from methods.fine_tuning import FineTuning, FineTuningConfig
 from methods.shared.options import option
-from methods.shared.pipeline import parse_command_line, run
+from methods.shared.pipeline import command_line, parse_command_line, run
 
 DEFAULT_LR = 1e-3
 
@@ -65,4 +65,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

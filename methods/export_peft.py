@@ -1,4 +1,4 @@
-"""Export a prompt-tuning, P-tuning, prefix-tuning or P-tuning v2 result in peft's adapter format.
+"""Export a prompt-tuning, P-tuning, prefix-tuning, P-tuning v2 or LoRA result in peft's adapter format.
 
 What a student trains here then runs with the standard library, with the same logits:
 
@@ -18,6 +18,11 @@ adapter_config.json (the config dataclass as JSON) and adapter_model.safetensors
     classifier, RoBERTa: the same           base_model.classifier.dense.* = our pooler,
                                             base_model.classifier.out_proj.* = our linear    SEQ_CLS
     no head (GPT-2 generation)              -                                       CAUSAL_LM
+    LoRA, BERT/RoBERTa: lora_A [r, in],     base_model.model.bert.encoder.layer.i.attention.self.query.lora_A.weight
+                        lora_B [out, r]     (...lora_B.weight; key, value, attention.output.dense, ...)   LORA
+    LoRA, GPT-2: query/value updates        base_model.model.transformer.h.i.attn.c_attn.lora_A/B.weight  LORA,
+                                            rank 2r: A = [A_q; A_v], B = the q and v row blocks     fan_in_fan_out
+    its head                                base_model.model.classifier.* (LoRA's peft model has one more level)
 
 The prefix needs no reshaping: per virtual token both sides store [layer 0 keys, layer 0 values, layer 1 keys,
 ...], each H = heads x head_dim wide; peft's get_prompt views it as (P, 2L, heads, head_dim) and permutes it to
@@ -47,6 +52,7 @@ GPT-2 (GPT2ForSequenceClassification's score layer has no bias), a prompt-tuning
 P-tuning in a template (peft puts every prompt vector before the input) or reading [CLS] (--read input),
 and a classifier on a checkpoint without a pooler (Bert/RobertaForSequenceClassification always have one).
 Dropout differs only in training (prefix dropout; RoBERTa's head drops before and after dense).
+The other way, an adapter trained with peft read into our methods: methods/import_peft.py.
 
     python -m methods.export_peft runs/prefix_tuning-sst2 --out export/prefix_tuning-sst2
 """
@@ -62,17 +68,24 @@ from torch import nn
 
 from minitransformer.loading import MINILM_NAMES
 
+from methods.lora import TARGETS, LoRA
 from methods.p_tuning import PTuning
 from methods.prefix_tuning import PrefixTuning
 from methods.prompt_tuning import PromptTuning
-from methods.shared.pipeline import load_method
+from methods.shared.files import atomic_path, write_json
+from methods.shared.pipeline import command_line, load_method
 
 # The transformers class to load the base model with, per peft task type.
 AUTO_CLASSES = {"SEQ_CLS": "AutoModelForSequenceClassification", "TOKEN_CLS": "AutoModelForTokenClassification",
                 "CAUSAL_LM": "AutoModelForCausalLM"}
 
 
-EXPORTABLE = ("prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2")  # registry names
+EXPORTABLE = ("prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "lora")  # registry names
+# Our LoRA targets -> the module of a BERT/RoBERTa layer they adapt (transformers' names). GPT-2 fuses the query,
+# key and value projections into one Conv1D, c_attn: there the targets become row blocks of one update.
+LORA_MODULES = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+                "output": "attention.output.dense", "mlp.up": "intermediate.dense", "mlp.down": "output.dense"}
+QKV = ("query", "key", "value")
 
 
 class NotExportableError(ValueError):
@@ -83,8 +96,9 @@ def linear_tensors(layer: nn.Linear, name: str) -> dict[str, torch.Tensor]:
     return {f"{name}.weight": layer.weight, f"{name}.bias": layer.bias}
 
 
-def head_tensors(method: PromptTuning | PTuning | PrefixTuning) -> tuple[str, dict[str, torch.Tensor]]:
-    """peft's task type and the classifier tensors under peft's names ("base_model." + the transformers name)."""
+def head_tensors(method: nn.Module, prefix: str = "base_model") -> tuple[str, dict[str, torch.Tensor]]:
+    """peft's task type and the classifier tensors under peft's names (`prefix` + "." + the transformers name:
+    "base_model" for prompt learning, "base_model.model" for LoRA)."""
     head, config = method.head, method.backbone.config
     if head is None:  # prefix tuning for generation: GPT-2's own LM head, nothing to save
         return "CAUSAL_LM", {}
@@ -93,7 +107,7 @@ def head_tensors(method: PromptTuning | PTuning | PrefixTuning) -> tuple[str, di
                                  "peft's heads are the transformers classification heads. Train with --head "
                                  "classifier (or a token head) to export.")
     if head.kind == "token":  # Bert/Roberta/GPT2ForTokenClassification: dropout + classifier on every token
-        return "TOKEN_CLS", linear_tensors(head.linear, "base_model.classifier")
+        return "TOKEN_CLS", linear_tensors(head.linear, f"{prefix}.classifier")
     if config.is_decoder:
         raise NotExportableError("GPT2ForSequenceClassification's score layer has no bias, and our classifier has "
                                  "one, so its logits cannot be reproduced. Export a generation prefix or a token head.")
@@ -112,16 +126,54 @@ def head_tensors(method: PromptTuning | PTuning | PrefixTuning) -> tuple[str, di
                                  "a pooler (a random one if the checkpoint lacks it). Use a checkpoint with a pooler "
                                  "(bert-base-uncased, roberta-base, all-MiniLM-L6-v2).")
     if config.model_type == "roberta":  # RobertaClassificationHead: out_proj(tanh(dense(<s>))) = our linear(pool)
-        return "SEQ_CLS", {**linear_tensors(method.backbone.pooler, "base_model.classifier.dense"),
-                           **linear_tensors(head.linear, "base_model.classifier.out_proj")}
-    return "SEQ_CLS", linear_tensors(head.linear, "base_model.classifier")  # BERT: classifier(pooler(h_cls))
+        return "SEQ_CLS", {**linear_tensors(method.backbone.pooler, f"{prefix}.classifier.dense"),
+                           **linear_tensors(head.linear, f"{prefix}.classifier.out_proj")}
+    return "SEQ_CLS", linear_tensors(head.linear, f"{prefix}.classifier")  # BERT: classifier(pooler(h_cls))
+
+
+def lora_tensors(method: LoRA) -> tuple[dict, dict[str, torch.Tensor]]:
+    """peft's LORA adapter config and tensors: lora_A [r, in] and lora_B [out, r] of each adapted module."""
+    config, lora, tensors = method.backbone.config, method.config, {}
+    if config.is_decoder:  # c_attn = [query | key | value]: one update of rank r per target, side by side
+        if any(t not in QKV for t in lora.targets):
+            raise NotExportableError(f"On GPT-2 only query, key and value map onto peft's c_attn; this LoRA also "
+                                     f"adapts {[t for t in lora.targets if t not in QKV]}.")
+        parts, H = [t for t in QKV if t in lora.targets], config.hidden_size
+        rank = lora.rank * len(parts)
+        for i, layer in enumerate(method.backbone.layers):
+            A, B = torch.zeros(rank, H), torch.zeros(3 * H, rank)
+            for j, target in enumerate(parts):
+                adapted = getattr(layer.attention, target)
+                A[j * lora.rank:(j + 1) * lora.rank] = adapted.lora_A
+                B[QKV.index(target) * H:(QKV.index(target) + 1) * H, j * lora.rank:(j + 1) * lora.rank] = adapted.lora_B
+            name = f"base_model.model.transformer.h.{i}.attn.c_attn"
+            tensors.update({f"{name}.lora_A.weight": A, f"{name}.lora_B.weight": B})
+        # peft scales by lora_alpha / r: keep alpha / r as ours with the wider rank
+        adapter = {"r": rank, "lora_alpha": lora.alpha * rank / lora.rank, "target_modules": ["c_attn"],
+                   "fan_in_fan_out": True}
+    else:
+        for i, layer in enumerate(method.backbone.layers):
+            for target in lora.targets:
+                adapted = layer.get_submodule(TARGETS[target])
+                name = f"base_model.model.{config.model_type}.encoder.layer.{i}.{LORA_MODULES[target]}"
+                tensors.update({f"{name}.lora_A.weight": adapted.lora_A, f"{name}.lora_B.weight": adapted.lora_B})
+        modules = "|".join(LORA_MODULES[t].replace(".", r"\.") for t in lora.targets)  # a full match: exactly these
+        adapter = {"r": lora.rank, "lora_alpha": lora.alpha, "fan_in_fan_out": False,
+                   "target_modules": rf".*\.encoder\.layer\.\d+\.({modules})"}
+    return {"peft_type": "LORA", "lora_dropout": lora.dropout, "bias": "none", **adapter}, tensors
 
 
 def export_peft(method: nn.Module, directory: str | Path, base_model_name_or_path: str) -> Path:
-    """Write `method` (PromptTuning, PTuning, PrefixTuning or PTuningV2) as a peft adapter in `directory`."""
+    """Write `method` (PromptTuning, PTuning, PrefixTuning, PTuningV2 or LoRA) as a peft adapter in `directory`."""
+    if isinstance(method, LoRA):
+        task_type, head = head_tensors(method, "base_model.model")
+        adapter, tensors = lora_tensors(method)
+        common = {"task_type": task_type, "base_model_name_or_path": base_model_name_or_path, "inference_mode": True,
+                  "modules_to_save": ["classifier", "score"] if head else None}
+        return write_adapter(directory, {**adapter, **common}, {**tensors, **head})
     if not isinstance(method, (PromptTuning, PTuning, PrefixTuning)):
-        raise NotExportableError(f"{type(method).__name__} has no exporter: peft's prompt-learning formats cover "
-                                 "prompt tuning, P-tuning, prefix tuning and P-tuning v2.")
+        raise NotExportableError(f"{type(method).__name__} has no exporter: peft's formats here cover prompt "
+                                 "tuning, P-tuning, prefix tuning, P-tuning v2 and LoRA.")
     task_type, tensors = head_tensors(method)  # first: a verbalizer's template is not the deeper problem
     if method.template:
         raise NotExportableError(f"This method was trained on inputs rewritten by the template "
@@ -157,12 +209,16 @@ def export_peft(method: nn.Module, directory: str | Path, base_model_name_or_pat
             prompt = encoder.mlp(encoder.embedding) if encoder.reparameterized else encoder.flat_prefix  # (P, 2LH)
         adapter = {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": prompt.shape[0], "prefix_projection": False,
                    "encoder_hidden_size": config.hidden_size}
-    tensors = {"prompt_embeddings": prompt, **tensors}
+    return write_adapter(directory, {**adapter, **common}, {"prompt_embeddings": prompt, **tensors})
+
+
+def write_adapter(directory: str | Path, config: dict, tensors: dict[str, torch.Tensor]) -> Path:
+    """adapter_model.safetensors and adapter_config.json, as peft's save_pretrained writes them (atomically)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({name: t.detach().float().cpu().contiguous() for name, t in tensors.items()},
-              str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
-    (directory / "adapter_config.json").write_text(json.dumps({**adapter, **common}, indent=2))
+    with atomic_path(directory / "adapter_model.safetensors") as temporary:
+        save_file({name: t.detach().float().cpu().contiguous() for name, t in tensors.items()}, str(temporary),
+                  metadata={"format": "pt"})
+    write_json(directory / "adapter_config.json", config)
     return directory
 
 
@@ -174,7 +230,7 @@ def load_run(run_dir: str | Path, model_name: str | None = None) -> tuple[nn.Mod
         raise FileNotFoundError(f"{run_dir} has no method.json: pass the --out directory of a method command line.")
     meta = json.loads((run_dir / "method.json").read_text())
     if meta["method"] not in EXPORTABLE:
-        raise NotExportableError(f"{run_dir} holds a {meta['method']!r} run; peft's prompt-learning formats cover "
+        raise NotExportableError(f"{run_dir} holds a {meta['method']!r} run; the peft formats here cover "
                                  f"{', '.join(EXPORTABLE[:-1])} and {EXPORTABLE[-1]} runs.")
     method, _ = load_method(run_dir, model_name)
     return method, model_name or meta["model"]
@@ -200,7 +256,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except NotExportableError as error:  # a limit of peft's format, not a bug: the reason, without a traceback
-        raise SystemExit(f"Not exported: {error}") from None
+    command_line(main)  # a limit of peft's format (NotExportableError) or a wrong folder: one line, no traceback

@@ -19,7 +19,7 @@ from minitransformer import Tokenizer, Transformer
 
 from methods.shared.heads import TaskHead, freeze
 from methods.shared.options import option
-from methods.shared.pipeline import parse_command_line, run
+from methods.shared.pipeline import command_line, parse_command_line, run
 from methods.shared.prompting import choose_head, read_positions
 
 MODES = ("full", "head", "top-k")
@@ -87,4 +87,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

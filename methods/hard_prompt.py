@@ -35,8 +35,8 @@ from minitransformer import Tokenizer, Transformer
 
 from methods.shared.heads import TaskHead, freeze
 from methods.shared.options import option, positive_int
-from methods.shared.pipeline import (Loaded, RunOptions, RunRecord, load_backbone, output_dir, parse_command_line,
-                                     run, summary_record, usage_error, write_record)
+from methods.shared.pipeline import (Loaded, RunOptions, RunRecord, command_line, load_backbone, output_dir,
+                                     parse_command_line, run, summary_record, usage_error, write_record)
 from methods.shared.plots import plot_template_scores
 from methods.shared.prompting import read_positions
 from methods.shared.training import evaluate
@@ -248,8 +248,7 @@ def in_context(config: HardPromptConfig, options: RunOptions, loaded: Loaded, ta
         results[name] = {"prompt": prompt, **{k: v for k, v in scores.items() if v is not None}}
         print(f"{name:>13}: dev {task.metric} {100 * results[name]['dev_metric']:.2f}")
     gold = results["gold labels"]
-    return summary_record(records, config, gold["dev_metric"], gold.get("test_metric"),
-                          {**details, "conditions": results})
+    return summary_record(records, config, gold["dev_metric"], gold.get("test_metric"), {**details, "conditions": results})
 
 
 def sensitivity(config: HardPromptConfig, options: RunOptions, loaded: Loaded, task: Task, out: Path,
@@ -262,6 +261,8 @@ def sensitivity(config: HardPromptConfig, options: RunOptions, loaded: Loaded, t
         scored = choose(replace(options, out=str(out / f"template{i}"), skip_test=True), task, loaded.tokenizer,
                         template)
         records.append(run(one, scored, loaded)[1])
+        if records[-1].outcome != "finished":  # interrupted or diverged: the experiment stops with it
+            return records[-1]
     title = f"template sensitivity: {Path(options.model).name} on {task.name}"
     summary = template_sensitivity(config.templates, [r.dev_metric for r in records], task.metric, out, title)
     return summary_record(records, config, summary.pop("dev_metric"), None, {**details, **summary})
@@ -283,8 +284,7 @@ def run_hard_prompt(config: HardPromptConfig, options: RunOptions) -> RunRecord:
     else:  # zero-shot, template-head: one run
         choose = training_options if variant == "template-head" else scoring_options
         run_options = replace(choose(options, task, loaded.tokenizer, config.templates[0]), out=str(out))
-        one = replace(config, mode=variant)
-        return run(one, run_options, loaded, {**details, "template": config.templates[0]})[1]
+        return run(replace(config, mode=variant), run_options, loaded, {**details, "template": config.templates[0]})[1]
     print(f"wrote {write_record(out, record)}")
     return record
 
@@ -297,4 +297,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

@@ -31,7 +31,7 @@ from minitransformer import Tokenizer, Transformer
 
 from methods.fine_tuning import FineTuning, FineTuningConfig
 from methods.shared.options import option
-from methods.shared.pipeline import parse_command_line, run
+from methods.shared.pipeline import command_line, parse_command_line, run
 
 # Projection name -> where it lives inside a Block (`model.layers[i].<path>`).
 TARGETS = {"query": "attention.query", "key": "attention.key", "value": "attention.value",
@@ -43,7 +43,7 @@ DEFAULT_LR = 1e-3
 class LoRAConfig:
     rank: int = option(8, "rank r of each update B A")
     alpha: float = option(16.0, "scale: the update is multiplied by alpha / r")
-    dropout: float = option(0.0, "dropout on the input of the update only", flag="--lora-dropout")
+    dropout: float = option(0.0, "dropout on the input of the update only", flag="--lora-dropout", training_only=True)
     targets: tuple[str, ...] = option(("query", "value"), "projections to adapt in every layer", choices=tuple(TARGETS))
 
     @property
@@ -158,4 +158,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

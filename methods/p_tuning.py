@@ -47,7 +47,7 @@ from minitransformer import Tokenizer, Transformer
 
 from methods.shared.heads import TaskHead, freeze
 from methods.shared.options import option, positive_int
-from methods.shared.pipeline import parse_command_line, run
+from methods.shared.pipeline import command_line, parse_command_line, run
 from methods.shared.prompting import check_position_budget, choose_head, for_task, run_with_prompt, read_positions
 
 ENCODERS = ("lstm", "mlp", "none")
@@ -68,7 +68,7 @@ class PTuningConfig:
     encoder_hidden: int = option(128, "width of the encoder's hidden layers (LSTM: per direction)", type=positive_int)
     layout: str = option("template", "template: the vectors go where the template says; prefix: peft's layout, "
                          "all --num-virtual-tokens vectors before [CLS]", choices=LAYOUTS)
-    num_virtual_tokens: int = option(20, "layout prefix: how many prompt vectors")
+    num_virtual_tokens: int = option(20, "layout prefix: how many prompt vectors", type=positive_int)
     head: str = option("auto", "auto: label words with an LM head and a {mask}, else a classifier (see --read)",
                        choices=("auto", "classifier", "verbalizer"))
     read: str = option("auto", "where a classifier reads: prompt: the first prompt vector (encoders); input: [CLS] "
@@ -294,4 +294,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

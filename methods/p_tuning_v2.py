@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from methods.prefix_tuning import DEFAULT_LR, PrefixTuning, PrefixTuningConfig  # noqa: F401 (DEFAULT_LR: the same rates)
 from methods.shared.options import option
-from methods.shared.pipeline import parse_command_line, run
+from methods.shared.pipeline import command_line, parse_command_line, run
 
 
 @dataclass
@@ -58,4 +58,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

@@ -38,7 +38,7 @@ from minitransformer.model import KeyValue
 
 from methods.shared.heads import TaskHead, freeze
 from methods.shared.options import option, positive_int
-from methods.shared.pipeline import output_dir, parse_command_line, run, save_method
+from methods.shared.pipeline import command_line, output_dir, parse_command_line, run, save_method
 from methods.shared.prompting import choose_head, for_task, read_positions
 from methods.shared.training import count_parameters
 
@@ -52,8 +52,9 @@ class PrefixTuningConfig:
     num_virtual_tokens: int = option(20, "prefix length P", type=positive_int)
     flat: bool = option(False, "train the prefix directly instead of through the MLP (unstable at the MLP's "
                         "learning rate, see Li & Liang section 4.3)")
-    mlp_hidden: int = option(512, "width of the reparameterization MLP (Li & Liang's mid_dim)", type=positive_int)
-    prefix_dropout: float = option(0.0, "dropout on the prefix while training")
+    mlp_hidden: int = option(512, "width of the reparameterization MLP (Li & Liang's mid_dim)", type=positive_int,
+                             training_only=True)  # with an MLP its shapes are checked; a flat prefix has none
+    prefix_dropout: float = option(0.0, "dropout on the prefix while training", training_only=True)
     head: str = option("auto", "task head (auto: a token head for tagging, else a classifier on [CLS] / the last "
                        "token; a verbalizer needs an LM head)", choices=("auto", "classifier", "verbalizer", "token"))
     prompt_layers: str = option("all", "layers that get a prefix, 1-based inclusive: all, 4-6, 1,3-4 (the depth "
@@ -257,4 +258,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

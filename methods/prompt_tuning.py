@@ -30,8 +30,8 @@ from data.prompts import label_word
 from minitransformer import Tokenizer, Transformer
 
 from methods.shared.heads import TaskHead, freeze
-from methods.shared.options import option
-from methods.shared.pipeline import parse_command_line, run
+from methods.shared.options import option, positive_int
+from methods.shared.pipeline import command_line, parse_command_line, run
 from methods.shared.prompting import choose_head, for_task, run_with_prompt, read_positions
 
 INITS = ("random", "vocab", "text", "labels")
@@ -43,9 +43,10 @@ PREFERS_LABEL_WORDS = True  # Lester et al. score label words (T5 text-to-text);
 
 @dataclass
 class PromptTuningConfig:
-    num_virtual_tokens: int = option(20, "length n of the soft prompt")
-    init: str = option("vocab", "how the prompt starts (see initial_prompt)", choices=INITS)
-    init_text: str | None = option(None, "for --init text: the text whose embeddings start the prompt")
+    num_virtual_tokens: int = option(20, "length n of the soft prompt", type=positive_int)
+    init: str = option("vocab", "how the prompt starts (see initial_prompt)", choices=INITS, training_only=True)
+    init_text: str | None = option(None, "for --init text: the text whose embeddings start the prompt",
+                                   training_only=True)
     head: str = option("auto", "task head (auto: the label words when the model has an LM head, a token head "
                        "for tagging, else a classifier on [CLS] / the last token)",
                        choices=("auto", "classifier", "verbalizer", "token"))
@@ -170,4 +171,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

@@ -112,5 +112,16 @@ def options_markdown() -> str:
     return "\n".join(parts)
 
 
-if __name__ == "__main__":  # python -m methods.registry: every method and its options, as the README lists them
-    print(options_markdown())
+README_BLOCK = r"(<!-- options: begin \(python -m methods.registry\) -->\n).*?(\n<!-- options: end -->)"
+
+if __name__ == "__main__":  # every method and its options, as the README lists them (--readme FILE: update them there)
+    import re
+    import sys
+    if sys.argv[1:2] == ["--readme"]:
+        path = sys.argv[2]
+        with open(path) as handle:
+            text = handle.read()
+        with open(path, "w") as handle:
+            handle.write(re.sub(README_BLOCK, lambda m: m.group(1) + options_markdown() + m.group(2), text, flags=re.S))
+    else:
+        print(options_markdown())

@@ -90,4 +90,14 @@ class TransformerConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TransformerConfig":
-        return cls.from_hf(json.loads(Path(path).read_text()))
+        """The config of a checkpoint folder's config.json; a broken or incomplete file is an error naming it."""
+        try:
+            hf = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}): the file is damaged or "
+                             "cut short; copy or download the checkpoint again.") from None
+        try:
+            return cls.from_hf(hf)
+        except KeyError as error:
+            raise ValueError(f"{path} lacks {error.args[0]!r}, which a {hf.get('model_type', '?')} config needs: is "
+                             "it the config.json of a complete checkpoint?") from None

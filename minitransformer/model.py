@@ -17,7 +17,8 @@ Conventions (those of Hugging Face transformers, tested against it):
   sees the whole prefix. The decoder stays causal among real tokens: query i
   may see key j (counted with the prefix) when j <= P + i.
 * Position ids: with a key/value prefix of length P, real tokens take positions
-  P, P+1, ... (Hugging Face treats the prefix as past key/values). Prompts given
+  P, P+1, ... (Hugging Face treats the prefix as past key/values); in the decoder they
+  count real tokens only, so a left-padded row reads as it would alone. Prompts given
   through `inputs_embeds` are ordinary tokens and take positions 0..P-1.
   RoBERTa adds padding_idx + 1 to every position and, given token ids, skips
   padding (fairseq's make_positions); given `inputs_embeds` it cannot see padding
@@ -257,6 +258,10 @@ class Transformer(nn.Module):
         if self.config.model_type == "roberta" and input_ids is not None:
             not_pad = (input_ids != self.config.pad_token_id).long()
             return (torch.cumsum(not_pad, dim=1) + P) * not_pad + self.config.pad_token_id
+        if self.config.is_decoder and attention_mask is not None:
+            # Count real tokens only, so that a left-padded row gets the positions it has alone (right
+            # padding: the same as counting every column); generation does the same.
+            return (P + attention_mask[:, -T:].long().cumsum(1) - 1).clamp(min=P)
         return (torch.arange(P, P + T, device=device) + offset).unsqueeze(0).expand(B, T)
 
     def attention_mask(self, attention_mask, B, T, P, device) -> torch.Tensor | None:

@@ -12,6 +12,8 @@ from safetensors.torch import load_file, save_file
 from minitransformer import load_pretrained
 from methods.bitfit import BitFit, BitFitConfig
 from methods.export_peft import NotExportableError, export_peft, load_run, main
+from methods.import_peft import import_peft
+from methods.lora import TARGETS, LoRA, LoRAConfig
 from methods.p_tuning import PTuning, PTuningConfig
 from methods.p_tuning import main as p_tuning_main
 from methods.p_tuning_v2 import PTuningV2, PTuningV2Config
@@ -52,9 +54,9 @@ def encode(tokenizer, kind: str) -> dict:
     return batch
 
 
-def export_trained(method: torch.nn.Module, adapter_dir, base: str) -> torch.nn.Module:
+def export_trained(method: torch.nn.Module, adapter_dir, base: str, scale: float = 0.5) -> torch.nn.Module:
     """Move every trainable number as training would (none may stay at its start), export; the method in eval mode."""
-    perturb_trainable(method.eval(), scale=0.5)
+    perturb_trainable(method.eval(), scale=scale)
     export_peft(method, adapter_dir, base)
     return method
 
@@ -242,5 +244,100 @@ def test_what_peft_cannot_represent_is_a_clear_error(case, tiny_checkpoints, poo
 def test_other_methods_runs_are_not_exportable(tiny_checkpoints, tmp_path):
     backbone, tokenizer = load_pretrained(str(tiny_checkpoints["bert"][0]))
     save_method(BitFit(backbone, tokenizer, 2, BitFitConfig()), tmp_path, model_name=str(tiny_checkpoints["bert"][0]))
-    with pytest.raises(NotExportableError, match="holds a 'bitfit' run; .* prompt_tuning, p_tuning, prefix_tuning and p_tuning_v2"):
+    with pytest.raises(NotExportableError, match="holds a 'bitfit' run; the peft formats here cover prompt_tuning, p_tuning, prefix_tuning, p_tuning_v2 and lora"):
         main([str(tmp_path), "--out", str(tmp_path / "export")])
+
+
+# ---- LoRA, and the way back (methods/import_peft.py) -------------------------------------------------
+
+LORA_CASES = {  # case: (checkpoint, targets, auto class, head)
+    "bert": ("bert", ("query", "value"), "AutoModelForSequenceClassification", "classification"),
+    "bert-every-projection": ("bert", tuple(TARGETS), "AutoModelForSequenceClassification", "classification"),
+    "roberta": ("roberta", ("query", "key", "value"), "AutoModelForSequenceClassification", "classification"),
+    "gpt2": ("gpt2", ("query", "value"), "AutoModelForTokenClassification", "ner"),
+}
+
+
+@pytest.mark.parametrize("case", list(LORA_CASES))
+def test_lora_matches_peft_and_comes_back(case, tiny_checkpoints, pooled_checkpoints, tmp_path):
+    kind, targets, auto_class, task_kind = LORA_CASES[case]
+    directory = pooled_checkpoints[kind] if kind != "gpt2" else tiny_checkpoints[kind][0]
+    backbone, tokenizer = load_pretrained(str(directory))
+    torch.manual_seed(0)
+    ours = export_trained(LoRA(backbone, tokenizer, 3, LoRAConfig(rank=2, alpha=6.0, targets=targets), task_kind),
+                          tmp_path, str(directory), scale=0.1)  # updates of a trained size: logits stay O(1)
+    batch = encode(tokenizer, kind)
+    theirs = peft_logits(auto_class, directory, tmp_path, batch, num_labels=3)
+    back, _ = import_peft(tmp_path)
+    with torch.no_grad():
+        mine, again = ours(batch), back(batch)
+    if task_kind == "ner":
+        mine, theirs, again = (masked(x, batch["attention_mask"]) for x in (mine, theirs, again))
+    torch.testing.assert_close(mine, theirs, **TOL, msg=f"{case}: LoRA logits differ from peft's with our adapter")
+    torch.testing.assert_close(again, mine, **TOL, msg=f"{case}: the adapter read back gives other logits")
+    assert isinstance(back, LoRA) and set(back.config.targets) == set(targets)
+
+
+def test_minilm_lora_matches_peft(minilm_dir, tmp_path):
+    backbone, tokenizer = load_pretrained(str(minilm_dir))
+    torch.manual_seed(0)  # lora_A's random start, then moved: a trained size of update, whatever ran before
+    ours = export_trained(LoRA(backbone, tokenizer, 2, LoRAConfig()), tmp_path, str(minilm_dir), scale=0.1)
+    batch = tokenizer.encode(SENTENCES, PAIRS)
+    theirs = peft_logits("AutoModelForSequenceClassification", minilm_dir, tmp_path, batch, num_labels=2)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(batch), theirs, **MINILM_TOL, msg="MiniLM LoRA logits differ from peft's")
+
+
+ROUND_TRIPS = {  # case: (checkpoint, build(backbone, tokenizer), how to compare)
+    "prefix_tuning-mlp": ("bert+pooler", lambda b, t: PrefixTuning(b, t, 3, PrefixTuningConfig(P, mlp_hidden=16)), "seq"),
+    "p_tuning_v2-token": ("roberta", lambda b, t: PTuningV2(b, t, 5, PTuningV2Config(P), "ner"), "token"),
+    "p_tuning-lstm": ("bert+pooler", lambda b, t: PTuning(b, t, 3, PTuningConfig(encoder="lstm", encoder_hidden=16,
+                                                                                   layout="prefix", num_virtual_tokens=P)),
+                      "seq"),
+    "prompt_tuning-token": ("gpt2", lambda b, t: PromptTuning(b, t, 5, PromptTuningConfig(P, init="random"), "ner"),
+                            "token"),
+    "prefix_tuning-generation": ("gpt2", lambda b, t: PrefixTuning(b, t, 0, PrefixTuningConfig(P, mlp_hidden=16),
+                                                                    "generation"), "token"),
+}
+
+
+@pytest.mark.parametrize("case", list(ROUND_TRIPS))
+def test_every_exported_format_reads_back_with_the_same_logits(case, tiny_checkpoints, pooled_checkpoints, tmp_path):
+    kind, make, compare = ROUND_TRIPS[case]
+    directory = pooled_checkpoints[kind.split("+")[0]] if "+pooler" in kind else tiny_checkpoints[kind][0]
+    backbone, tokenizer = load_pretrained(str(directory))
+    ours = export_trained(make(backbone, tokenizer), tmp_path, str(directory))
+    back, _ = import_peft(tmp_path)
+    batch = encode(tokenizer, kind.split("+")[0])
+    with torch.no_grad():
+        mine, again = ours(batch), back(batch)
+    if compare == "token":
+        mine, again = masked(mine, batch["attention_mask"]), masked(again, batch["attention_mask"])
+    torch.testing.assert_close(again, mine, **TOL, msg=f"{case}: the adapter read back gives other logits")
+
+
+def test_an_adapter_trained_by_peft_is_read_with_peft_s_logits(tiny_checkpoints, pooled_checkpoints, tmp_path):
+    """peft's own GPT-2 LoRA on the fused c_attn (every block trained) and its prompt tuning for classification."""
+    directory, hf_model = tiny_checkpoints["gpt2"]
+    model = peft.get_peft_model(transformers.AutoModelForTokenClassification.from_pretrained(directory, num_labels=4),
+                                peft.LoraConfig(task_type="TOKEN_CLS", r=3, lora_alpha=5, target_modules=["c_attn"]))
+    perturb_trainable(model, scale=0.3)
+    model.save_pretrained(tmp_path / "lora")
+    ours, tokenizer = import_peft(tmp_path / "lora")
+    batch = encode(tokenizer, "gpt2")
+    m = batch["attention_mask"]
+    with torch.no_grad():
+        torch.testing.assert_close(masked(ours(batch), m), masked(model.eval()(**batch).logits, m), **TOL,
+                                   msg="peft's c_attn LoRA read here gives other logits")
+    assert set(ours.config.targets) == {"query", "key", "value"}
+    bert_dir = pooled_checkpoints["bert"]  # BertForSequenceClassification pools: a checkpoint without a pooler
+    model = peft.get_peft_model(transformers.AutoModelForSequenceClassification.from_pretrained(bert_dir, num_labels=2),
+                                peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=P))
+    perturb_trainable(model, scale=0.3)
+    model.save_pretrained(tmp_path / "prompt")
+    ours, tokenizer = import_peft(tmp_path / "prompt")
+    batch = tokenizer.encode(SENTENCES)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(batch), model.eval()(**batch).logits, **TOL,
+                                   msg="peft's SEQ_CLS prompt tuning read here gives other logits")
+    assert isinstance(ours, PTuning) and ours.read_prompt and ours.config.encoder == "none"

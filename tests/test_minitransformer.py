@@ -271,6 +271,40 @@ def test_batched_generation_pads_a_finished_row_until_all_stop(tiny_checkpoints)
     assert torch.equal(out[1], free[1]), "the other row goes on, unaffected"
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_generation_on_either_side_gives_each_rows_own_ids(side, tiny_checkpoints):
+    """A right-padded batch would read its first new token at the padding (peft only warns): it is moved to left
+    padding, so either side gives, row by row, the ids that row gets alone (greedy, real tokens' positions)."""
+    model, tokenizer = load_pretrained(str(tiny_checkpoints["gpt2"][0]))
+    batch = tokenizer.encode(SENTENCES, padding_side=side)
+    out = generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=5, eos_id=-1)
+    T = batch["input_ids"].shape[1]
+    for row, sentence in enumerate(SENTENCES):
+        alone = tokenizer.encode([sentence])["input_ids"]
+        expected = generate(model, alone, max_new_tokens=5, eos_id=-1)[0, alone.shape[1]:]
+        assert out[row, T:].tolist() == expected.tolist(), f"{side} padding: row {row} continued differently"
+
+
+def test_gpt2_reads_the_last_real_token_whatever_the_padding_side(tiny_checkpoints):
+    """A GPT-2 head reads each row's last real token: left- and right-padded batches give the same logits there,
+    and they are transformers' (given the same positions, which count real tokens only)."""
+    from methods.shared.prompting import last_real_token
+    directory, reference = tiny_checkpoints["gpt2"]
+    model, tokenizer = load_pretrained(str(directory))
+    picked = {}
+    for side in ("left", "right"):
+        batch = tokenizer.encode(SENTENCES, padding_side=side)
+        batch.pop("token_type_ids")
+        last = last_real_token(batch["attention_mask"])
+        with torch.no_grad():
+            ours = model.lm_logits(model(**batch))[torch.arange(len(SENTENCES)), last]
+            positions = (batch["attention_mask"].cumsum(1) - 1).clamp(min=0)
+            theirs = reference(**batch, position_ids=positions).logits[torch.arange(len(SENTENCES)), last]
+        torch.testing.assert_close(ours, theirs, **TOL, msg=f"{side} padding: the logits at the last real token differ")
+        picked[side] = ours
+    torch.testing.assert_close(picked["left"], picked["right"], **TOL, msg="the padding side changed what is read")
+
+
 # ---- tokenizers -------------------------------------------------------------------------------
 
 def test_minilm_tokenizer_matches_transformers(minilm_dir):

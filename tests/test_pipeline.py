@@ -30,11 +30,10 @@ ALLOWED_IMPORTS = {"p_tuning_v2.py": {"prefix_tuning"}, "lora.py": {"fine_tuning
 
 def test_readme_option_tables_are_the_config_dataclasses():
     readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- options: begin \(python -m methods.registry\) -->\n(.*?)\n<!-- options: end -->", readme,
-                      re.S)
+    block = re.search(registry.README_BLOCK, readme, re.S)
     assert block, "README.md lacks the generated options section"
-    assert block.group(1) == registry.options_markdown(), \
-        "README's option tables are stale: paste the output of `python -m methods.registry` between the markers"
+    assert readme[block.end(1):block.start(2)] == registry.options_markdown(), \
+        "README's option tables are stale: run python -m methods.registry --readme README.md"
 
 
 @pytest.mark.parametrize("name", list(registry.METHODS))
@@ -103,10 +102,10 @@ def test_a_saved_run_is_rebuilt_through_the_registry(tiny_checkpoints, tmp_path)
 
 
 def test_options_parse_into_their_dataclass():
-    config, options = parse_command_line(FineTuningConfig, "doc", ["--mode", "top-k", "--top-layers", "1",
-                                                                    "--no-progress", "--lr", "0.1"])
+    words = ["--mode", "top-k", "--top-layers", "1", "--no-progress", "--lr", "0.1"]
+    config, options = parse_command_line(FineTuningConfig, "doc", words)
     assert config == FineTuningConfig(mode="top-k", top_layers=1)
-    assert options == RunOptions(progress=False, lr=0.1)
+    assert options == RunOptions(progress=False, lr=0.1, command=words), "the words are kept: --resume repeats them"
     assert from_args(FineTuningConfig, type("Args", (), {"mode": "head", "top_layers": 2, "head": "auto"})) == \
         FineTuningConfig(mode="head")
 

@@ -205,6 +205,11 @@ def test_loading_a_prefix_trained_on_other_layers_is_a_clear_error(tiny_checkpoi
     trained, _ = build(tiny_checkpoints["bert"][0], flat=True, prompt_layers="1")
     save_method(trained, tmp_path)
     other, _ = build(tiny_checkpoints["bert"][0], flat=True)  # every layer: the flat prefix is twice as wide
+    with pytest.raises(ValueError, match=r"trained with other options \(prompt_layers '1' there, 'all' here\)"):
+        load_weights(other, tmp_path)
+    meta = json.loads((tmp_path / "method.json").read_text())
+    del meta["config"]  # a method.json without its config: the shapes say it
+    (tmp_path / "method.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"prefix\.flat_prefix.* saved \[5, 64\].* expects \[5, 128\].*options"):
         load_weights(other, tmp_path)
 

@@ -105,8 +105,9 @@ def test_non_finite_training_stops_with_message_and_keeps_last_good_state(capsys
     result = train(model, lambda epoch: data, len(data), None, TrainConfig(epochs=1, lr=0.1, progress=False))
     assert result.stopped and message in result.stopped and "--lr" in result.stopped, result.stopped
     assert message in capsys.readouterr().err, "the reason must be printed, not only stored"
-    assert result.steps == 2, "the bad step must not count as a step"
-    assert torch.equal(model.weight.detach(), model.seen[2]), "the state after the last good step must be kept"
+    assert result.steps == 2 and result.outcome == "diverged", "the bad step must not count as a step"
+    assert torch.equal(model.weight.detach(), model.seen[0]), \
+        "nothing was evaluated yet: the state kept is the one training started from (the last evaluated one)"
     assert torch.isfinite(model.weight).all()
 
 

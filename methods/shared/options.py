@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Callable
@@ -30,15 +31,24 @@ def positive_int(text: str) -> int:
 
 
 def option(default: Any, help: str, *, choices: tuple | list | None = None, type: Callable | None = None,
-           flag: str | None = None, cli: bool = True, repeat: bool = False) -> Any:
+           flag: str | None = None, cli: bool = True, repeat: bool = False, training_only: bool = False) -> Any:
     """A dataclass field that is also a command-line option.
 
     `flag` overrides the derived name (--field-name); `cli=False` keeps a field off the command line;
-    `repeat=True` makes a list option given once per value (--template A --template B)."""
-    metadata = {"help": help, "choices": choices, "type": type, "flag": flag, "cli": cli, "repeat": repeat}
+    `repeat=True` makes a list option given once per value (--template A --template B);
+    `training_only=True`: it shapes only how training starts or runs (an initialisation, a dropout), so
+    trained parameters load into a method built with another value of it."""
+    metadata = {"help": help, "choices": choices, "type": type, "flag": flag, "cli": cli, "repeat": repeat,
+                "training_only": training_only}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=default.copy, metadata=metadata)  # a fresh copy per config
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def outputs_fields(config) -> dict:
+    """The config's fields that decide what a trained method computes (all but the training_only ones)."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if not f.metadata.get("training_only", False)}
 
 
 def cli_fields(config_class: type) -> list[dataclasses.Field]:
@@ -150,7 +160,15 @@ class RunOptions:
     eval_every: int | None = option(None, "dev evaluation every N steps (default: once per epoch)", type=positive_int)
     max_length: int = option(128, "longest input in tokens", type=positive_int)
     limit_train: int | None = option(None, "use only the first N training examples (default: all)", type=positive_int)
+    limit_dev: int | None = option(None, "score only the first N dev examples (default: all)", type=positive_int)
     max_new_tokens: int = option(60, "generation tasks: tokens to generate per example", type=positive_int)
     out: str | None = option(None, "output directory (default: runs/RUN_NAME-TASK)")
     progress: bool = option(True, "show a progress bar")
     skip_test: bool = option(False, "do not score the test split at the end (the comparison reports dev only)")
+    resume: bool = option(False, "go on from the run interrupted in --out, or skip it if it finished with these "
+                          "settings; a run there with other settings is refused")
+    command: list[str] | None = option(None, "the command-line words that asked for the run", cli=False)
+
+    def __post_init__(self):
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr must be a positive number, got {self.lr}.")

@@ -16,12 +16,16 @@ import dataclasses
 import datetime
 import json
 import math
+import os
 import platform
+import shlex
 import sys
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
+import matplotlib.pyplot as plt
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -32,7 +36,9 @@ from data.metrics import corpus_bleu
 from minitransformer import Tokenizer, Transformer, load_pretrained
 
 from methods import registry
-from methods.shared.options import DEFAULT_MODEL, RunOptions, add_options, from_args  # noqa: F401 (re-exported)
+from methods.shared.files import atomic_path, write_json
+from methods.shared.options import (DEFAULT_MODEL, RunOptions, add_options, from_args,  # noqa: F401 (re-exported)
+                                    outputs_fields)
 from methods.shared.plots import plot_learning_curves
 from methods.shared.prompting import check_position_budget
 from methods.shared.training import (TrainConfig, TrainResult, count_parameters, evaluate, get_device, peak_memory_mb,
@@ -65,6 +71,8 @@ class RunRecord:
     stopped: str | None          # why training stopped early, if it did
     config: dict                 # the method's full config
     options: dict                # RunOptions, with the learning rate used
+    outcome: str = "finished"    # finished | interrupted (--resume goes on) | diverged
+    run_key: dict = field(default_factory=dict)  # what decides its numbers (run_key): --resume compares it
     details: dict = field(default_factory=dict)  # method-specific: generated samples, per-template scores, ...
     device: str = ""
     machine: str = ""
@@ -106,7 +114,8 @@ def save_method(model: nn.Module, directory: str | Path, task=None, model_name: 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    save_file(state, str(directory / "method.safetensors"))
+    with atomic_path(directory / "method.safetensors") as temporary:
+        save_file(state, str(temporary))
     method = registry.method_for(model.config)
     meta = {"method": method.name, "run_name": registry.run_name(model.config), "config": asdict(model.config),
             "model": model_name, "backbone": backbone_signature(model.backbone),
@@ -114,7 +123,7 @@ def save_method(model: nn.Module, directory: str | Path, task=None, model_name: 
                                                 "label_names": list(task.label_names),
                                                 "verbalizer": list(task.verbalizer)},
             "contents": model.saved_contents}
-    (directory / "method.json").write_text(json.dumps(meta, indent=2, default=str))
+    write_json(directory / "method.json", meta)
     return directory / "method.safetensors"
 
 
@@ -126,6 +135,11 @@ def load_weights(model: nn.Module, directory: str | Path) -> dict:
     if meta["backbone"] != expected:
         raise ValueError(f"{directory} was trained for a backbone {meta['backbone']}, but this model is "
                          f"{expected}. Load it into the same kind of model it was trained with.")
+    wanted = outputs_fields(model.config)
+    if meta.get("config") is not None and any(meta["config"].get(k) != v for k, v in json_ready(wanted).items()):
+        differ = key_difference(meta["config"], json_ready(wanted))
+        raise ValueError(f"{directory} was trained with other options ({differ}): build the method with the options "
+                         f"saved in its method.json, or load it with load_method({str(directory)!r}).")
     state = load_file(str(directory / "method.safetensors"))
     own = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(state) != set(own):
@@ -135,9 +149,14 @@ def load_weights(model: nn.Module, directory: str | Path) -> dict:
         if tensor.shape != own[name].shape:
             raise ValueError(f"{directory}: {name} was saved {list(tensor.shape)}, but this method expects "
                              f"{list(own[name].shape)}. Build it with the options it was trained with (saved in "
-                             f"method.json: {meta['config']}), e.g. the same prompt length and layers.")
+                             f"method.json: {meta.get('config')}), e.g. the same prompt length and layers.")
     model.load_state_dict(state, strict=False)
     return meta
+
+
+def json_ready(values: dict) -> dict:
+    """As the values read back from JSON (tuples become lists), to compare with a saved config."""
+    return json.loads(json.dumps(values, default=str))
 
 
 def config_from_dict(config_class: type, values: dict):
@@ -184,24 +203,28 @@ def train_on_task(model: nn.Module, tokenizer, task: Task, config: TrainConfig, 
                  lambda: make(dev_examples, False), config, task.metric, device)
 
 
-def fit(model: nn.Module, tokenizer: Tokenizer, task: Task, options: RunOptions, device: torch.device) -> TrainResult:
-    """Train on the task's training split: the task's loss (the LM loss on references for generation)."""
+def fit(model: nn.Module, tokenizer: Tokenizer, task: Task, options: RunOptions, device: torch.device,
+        checkpoint: Path | None = None, resume: bool = False) -> TrainResult:
+    """Train on the task's training split: the task's loss (the LM loss on references for generation).
+
+    An interrupted run saves to `checkpoint` what `resume` needs to go on from it."""
     config = TrainConfig(epochs=options.epochs, max_steps=options.max_steps, lr=options.lr,
-                         eval_every=options.eval_every, seed=options.seed, progress=options.progress)
+                         eval_every=options.eval_every, seed=options.seed, progress=options.progress,
+                         checkpoint=None if checkpoint is None else str(checkpoint), resume=resume)
     examples = task.splits["train"][: options.limit_train]
     if task.kind == "generation":  # one row per reference; no dev metric while training (BLEU needs decoding)
         steps = math.ceil(sum(len(e.references) for e in examples) / options.batch_size)
         make = lambda epoch: causal_lm_batches(examples, tokenizer, options.batch_size, True, options.seed + epoch,
                                                options.max_length)
         return train(model, make, steps, None, config, device=device)
-    return train_on_task(model, tokenizer, task, config, examples, task.splits["dev"], options.batch_size,
-                         options.max_length, model.template, device)
+    return train_on_task(model, tokenizer, task, config, examples, task.splits["dev"][: options.limit_dev],
+                         options.batch_size, options.max_length, model.template, device)
 
 
 def score(model: nn.Module, tokenizer: Tokenizer, task: Task, options: RunOptions, split: str,
           device: torch.device) -> tuple[float, dict]:
     """The task's metric on one split, and what else the split's scoring showed (generated samples)."""
-    examples = task.splits[split]
+    examples = task.splits[split][: options.limit_dev] if split == "dev" else task.splits[split]
     if task.kind == "generation":
         hypotheses = model.generate_texts(tokenizer, [e.source for e in examples], options.max_new_tokens)
         return corpus_bleu(hypotheses, [e.references for e in examples]), {"samples": hypotheses[:5]}
@@ -213,9 +236,65 @@ def describe(task: Task, options: RunOptions) -> str:
     """How many examples each split has (and how many of the training split the run uses)."""
     sizes = []
     for split, examples in task.splits.items():
-        used = len(examples[: options.limit_train]) if split == "train" else len(examples)
+        used = len(examples[: {"train": options.limit_train, "dev": options.limit_dev}.get(split)])
         sizes.append(f"{split} {len(examples):,}" + (f" (using {used:,})" if used != len(examples) else ""))
     return ", ".join(sizes)
+
+
+BUDGET = ("epochs", "max_steps", "batch_size", "lr", "seed", "eval_every", "max_length", "limit_train", "limit_dev",
+          "max_new_tokens")
+
+
+def run_key(method: str, config, options: RunOptions, task: Task) -> dict:
+    """Everything that decides a run's numbers: a record or a checkpoint with another key is another run."""
+    return {"method": method, "config": asdict(config), "model": options.model, "task": task.name,
+            "data": task.source, **{name: getattr(options, name) for name in BUDGET}}
+
+
+def key_difference(saved: dict, wanted: dict) -> str:
+    differ = [f"{k} {saved.get(k)!r} there, {wanted.get(k)!r} here" for k in wanted if saved.get(k) != wanted.get(k)]
+    return "; ".join(differ)
+
+
+def previous_run(out: Path, key: dict, resume: bool) -> tuple[RunRecord | None, bool]:
+    """With --resume: (the finished record, False) to skip a run done with these settings, (None, True) to go
+    on from an interrupted one; a run in OUT with other settings is refused, never relabelled."""
+    checkpoint, results = out / "resume.json", out / "results.json"
+    if not resume:
+        if checkpoint.exists():
+            print(f"note: {out} holds an interrupted run; starting over (add --resume to go on from it)")
+        return None, False
+    for path, what in ((checkpoint, "an interrupted run"), (results, "a finished run")):
+        if path.exists():
+            saved = json.loads(path.read_text()).get("run_key")
+            if saved != key:
+                raise ValueError(f"{out} holds {what} with other settings ({key_difference(saved or {}, key)}): "
+                                 "give another --out, or leave out --resume to start over there.")
+            if path is checkpoint:
+                print(f"resuming the interrupted run in {out}")
+                return None, True
+            record = RunRecord(**json.loads(results.read_text()))
+            print(f"{out} already holds this run, finished (dev {record.metric} {100 * record.dev_metric:.2f}): "
+                  "nothing to do (--resume)")
+            return record, False
+    print(f"note: nothing to resume in {out}; starting")
+    return None, False
+
+
+def score_run(model: nn.Module, tokenizer: Tokenizer, task: Task, options: RunOptions, result: TrainResult,
+              device: torch.device) -> tuple[float, float | None, dict]:
+    """(dev, test, details): the best dev score training saw (scored now if it saw none, and for generation),
+    the test score of that state; an interrupted or diverged run is not scored further."""
+    dev, test, details = result.best_metric, None, {}
+    if result.outcome == "interrupted":
+        return dev, None, details
+    if not result.history or task.kind == "generation" or not math.isfinite(dev):
+        dev, details = score(model, tokenizer, task, options, "dev", device)
+    # generation: dev only (decoding the test tables too would double the run)
+    if "test" in task.splits and not options.skip_test and task.kind != "generation" and result.outcome == "finished":
+        test, test_details = score(model, tokenizer, task, options, "test", device)
+        details.update(test_details)
+    return dev, test, details
 
 
 def run(config, options: RunOptions, loaded: Loaded | None = None, details: dict | None = None
@@ -238,40 +317,53 @@ def run(config, options: RunOptions, loaded: Loaded | None = None, details: dict
     if model.prompt_length:  # input-level prompts take positions: fail now rather than at the longest batch
         check_position_budget(loaded.backbone, model.prompt_length, options.max_length)
     options = dataclasses.replace(options, lr=options.lr or config.default_lr)
+    out, key = output_dir(options, config, task.name), run_key(method.name, config, options, task)
+    finished, resuming = previous_run(out, key, options.resume)
+    if finished is not None:
+        load_weights(model, out)
+        return model, finished
     trainable, total = count_parameters(model)
     print(f"{name} on {task.name}{' (built-in data, not a benchmark)' if task.is_builtin else ''} with "
           f"{options.model}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%); "
           f"{describe(task, options)} examples")
-
-    result = fit(model, tokenizer, task, options, device) if trainable else TrainResult()
-    details = dict(details or {})
-    dev_metric = result.best_metric
-    if not result.history or task.kind == "generation":  # nothing evaluated while training
-        dev_metric, dev_details = score(model, tokenizer, task, options, "dev", device)
-        details.update(dev_details)
-    test_metric = None  # generation: dev only (decoding the test tables too would double the run)
-    if "test" in task.splits and not options.skip_test and task.kind != "generation":
-        test_metric, test_details = score(model, tokenizer, task, options, "test", device)
-        details.update(test_details)
-
-    out = output_dir(options, config, task.name)
-    weights = save_method(model, out, task, options.model)
+    if resuming or trainable:
+        write_json(out / "resume.json", {"run_key": key})  # what the checkpoint, if one is written, belongs to
+    result = fit(model, tokenizer, task, options, device, out / "resume.pt", resuming) if trainable else TrainResult()
+    dev_metric, test_metric, scored = score_run(model, tokenizer, task, options, result, device)
     record = RunRecord(
         method=method.name, run_name=name, model=options.model, task=task.name, task_is_builtin=task.is_builtin,
         metric=task.metric, dev_metric=dev_metric, test_metric=test_metric, best_step=result.best_step,
         history=result.history, steps=result.steps, train_seconds=result.train_seconds,
-        seconds_per_step=result.train_seconds / max(1, result.steps), trainable_params=trainable,
-        total_params=total, trainable_percent=100 * trainable / total, peak_memory_mb=peak_memory_mb(device),
-        stored_bytes=weights.stat().st_size if trainable else 0, stopped=result.stopped, config=asdict(config), options=asdict(options),
-        details=details, device=str(device), machine=platform.processor() or platform.machine(), date=datetime.datetime.now().isoformat(timespec="seconds"))
-    write_record(out, record)
-    if result.history:
-        plot_learning_curves({name: result.history}, task.metric, out / "learning_curve.png",
-                             title=f"{name} on {task.name} ({options.model})")
-    test_text = f", test {100 * test_metric:.2f}" if test_metric is not None else ""
-    print(f"dev {task.metric} {100 * dev_metric:.2f}" + (f" (best at step {result.best_step})" if result.steps else "")
-          + f"{test_text}; {record.seconds_per_step:.3f} s/step; wrote {out}/results.json")
+        seconds_per_step=result.train_seconds / max(1, result.steps), trainable_params=trainable, total_params=total,
+        trainable_percent=100 * trainable / total, peak_memory_mb=peak_memory_mb(device), stored_bytes=0,
+        stopped=result.stopped, outcome=result.outcome, config=asdict(config), options=asdict(options),
+        run_key=key, details={**(details or {}), **scored}, device=str(device),
+        machine=platform.processor() or platform.machine(), date=datetime.datetime.now().isoformat(timespec="seconds"))
+    finish(model, record, out, task, method.module)
     return model, record
+
+
+def finish(model: nn.Module, record: RunRecord, out: Path, task: Task, module: str) -> None:
+    """Write the run's weights, record and plot; say what happened in one line (and how to go on, if it stopped)."""
+    weights = save_method(model, out, task, record.model)
+    record.stored_bytes = weights.stat().st_size if record.trainable_params else 0
+    write_record(out, record)
+    if record.history:
+        plt.close(plot_learning_curves({record.run_name: record.history}, record.metric, out / "learning_curve.png",
+                                       title=f"{record.run_name} on {record.task} ({record.model})"))
+    best = f"dev {record.metric} {100 * record.dev_metric:.2f}" if record.dev_metric is not None else "no dev score"
+    if record.outcome == "interrupted":
+        command = list(record.options["command"] or [])
+        again = f"python -m {module} {shlex.join(command + (['--resume'] if '--resume' not in command else []))}" \
+            if record.options["command"] is not None else "the same run with RunOptions(resume=True)"
+        print(f"Stopped: {record.stopped}. Kept the best state so far ({best} at step {record.best_step}) in {out}; "
+              f"go on with: {again}")
+        return
+    (out / "resume.pt").unlink(missing_ok=True)
+    (out / "resume.json").unlink(missing_ok=True)
+    test = f", test {100 * record.test_metric:.2f}" if record.test_metric is not None else ""
+    print(best + (f" (best at step {record.best_step})" if record.steps else "") +
+          f"{test}; {record.seconds_per_step:.3f} s/step; wrote {out}/results.json")
 
 
 def summary_record(records: list[RunRecord], config, dev_metric: float, test_metric: float | None,
@@ -293,25 +385,39 @@ def output_dir(options: RunOptions, config, task_name: str) -> Path:
 
 
 def write_record(out: str | Path, record: RunRecord) -> Path:
-    path = Path(out) / "results.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(record), indent=2, default=str))
-    return path
+    return write_json(Path(out) / "results.json", asdict(record))
 
 
-def parse_command_line(config_class: type, description: str, argv: list[str] | None = None,
-                       defaults: dict | None = None) -> tuple[object, RunOptions]:
-    """The method's options (from its config dataclass) and the run options, parsed into both dataclasses.
-
-    `defaults` changes run-option defaults for one method (e.g. fewer epochs)."""
+def parse_command_line(config_class: type, description: str, argv: list[str] | None = None
+                       ) -> tuple[object, RunOptions]:
+    """The method's options (from its config dataclass) and the run options, parsed into both dataclasses."""
     method = registry.method_for_class(config_class)
     parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     add_options(parser, config_class, f"{method.name} options")
     add_options(parser, RunOptions, "run options (shared by every method)")
-    parser.set_defaults(**(defaults or {}))
     parser.epilog = f"default learning rate: {method.default_lr_text()}"
     args = parser.parse_args(argv)
-    return from_args(config_class, args), from_args(RunOptions, args)
+    words = list(sys.argv[1:] if argv is None else argv)
+    return from_args(config_class, args), from_args(RunOptions, args, command=words)
+
+
+def command_line(main: Callable[[], object]) -> None:
+    """Run a method file's main() as a command. A mistake in what was asked (a wrong name, a missing file, an
+    option out of range) is one line on stderr and exit status 1, without a traceback (PROMPT_DEBUG=1 shows
+    it); an interrupted run exits with 130, a diverged one with 3, both after saying what was kept."""
+    try:
+        record = main()
+    except KeyboardInterrupt:
+        print("Interrupted before training began or while scoring: nothing of this run was kept.", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (ValueError, KeyError, OSError, RuntimeError) as error:
+        if os.environ.get("PROMPT_DEBUG") == "1":
+            raise
+        text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        print(f"error: {text}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if isinstance(record, RunRecord) and record.outcome != "finished":
+        raise SystemExit(130 if record.outcome == "interrupted" else 3)
 
 
 def usage_error(message: str) -> typing.NoReturn:

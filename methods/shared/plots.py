@@ -9,11 +9,15 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt  # picks a non-interactive backend by itself on a headless machine
 
+from methods.shared.files import atomic_path
+
 
 def save(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
+    """Lay the figure out and write it as PNG (atomically: a kill leaves the old picture or the new one)."""
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=120)
+        with atomic_path(path) as temporary:
+            fig.savefig(temporary, dpi=120)
     return fig
 
 

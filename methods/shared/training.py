@@ -3,15 +3,26 @@
 AdamW over the trainable parameters only (the backbone is frozen by the method),
 linear warm-up then linear decay, gradient clipping, evaluation on the dev split
 every `eval_every` steps and at the end, and the best trainable state kept.
+
+It stops early, keeping the last evaluated state, when the loss stops being finite or
+runs far above where it started (divergence), and at the end of the current step on
+Ctrl-C (SIGINT) or SIGTERM: then it saves what `resume` needs to go on exactly as an
+uninterrupted run would (parameters, optimizer and schedule, step, history, every
+random generator's state).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import resource
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -24,6 +35,10 @@ from data.batching import IGNORE_INDEX
 from data.metrics import METRICS
 from data.readers import NER_TAGS
 
+from methods.shared.files import atomic_path
+
+DIVERGED = 10.0  # a loss above DIVERGED x (first loss + 1) has left the region where training makes progress
+
 
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and PyTorch: the same seed gives the same numbers on CPU."""
@@ -35,7 +50,16 @@ def set_seed(seed: int) -> None:
 def get_device(name: str | None = None) -> torch.device:
     """The named device, else the best available: cuda, then mps, then cpu."""
     if name:
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ValueError(f"Unknown device {name!r}: use cpu, cuda (or cuda:N) or mps.") from None
+        mps = getattr(torch.backends, "mps", None)
+        if (device.type == "cuda" and not torch.cuda.is_available()) or (
+                device.type == "mps" and not (mps is not None and mps.is_available())):
+            raise ValueError(f"--device {name}: this torch ({torch.__version__}) sees no {device.type.upper()} "
+                             "device here; use --device cpu (or leave --device out: the best available is used).")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -73,6 +97,8 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = True                # autocast to bfloat16 on CUDA
     progress: bool = True
+    checkpoint: str | None = None    # where an interrupted run saves what resuming needs (None: nowhere)
+    resume: bool = False             # go on from `checkpoint` (it must hold this run's state)
 
     def __post_init__(self):
         if self.max_steps is not None and self.max_steps < 1:
@@ -89,6 +115,8 @@ class TrainResult:
     steps: int = 0
     train_seconds: float = 0.0
     stopped: str | None = None       # why training stopped early (e.g. a NaN loss)
+    outcome: str = "finished"        # finished | interrupted (Ctrl-C, SIGTERM) | diverged
+    total_steps: int = 0             # the steps the budget asked for
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -144,10 +172,13 @@ def make_optimizer(params: list[nn.Parameter], config: TrainConfig, total_steps:
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
 
 
-def every_epoch(train_batches: Callable[[int], Iterable[dict]], epochs: int) -> Iterator[dict]:
-    """The training batches of epoch 0, then of epoch 1, ...: each epoch's order is its own."""
-    for epoch in range(epochs):
-        yield from train_batches(epoch)
+def every_epoch(train_batches: Callable[[int], Iterable[dict]], epochs: int, steps_per_epoch: int,
+                done: int = 0) -> Iterator[dict]:
+    """The training batches of epoch 0, then of epoch 1, ... (each epoch's order is its own), after the
+    first `done` (a resumed run skips the ones it has trained on)."""
+    for epoch in range(done // steps_per_epoch, epochs):
+        skip = done - epoch * steps_per_epoch if epoch == done // steps_per_epoch else 0
+        yield from itertools.islice(train_batches(epoch), skip, None)
 
 
 def backward(model: nn.Module, batch: dict, params: list[nn.Parameter], config: TrainConfig,
@@ -165,6 +196,43 @@ def backward(model: nn.Module, batch: dict, params: list[nn.Parameter], config: 
         return loss, None
     return loss, (f"Loss became {loss.item()}" if not torch.isfinite(loss) else
                   f"The gradient norm became {grad_norm.item()} (loss {loss.item():.4g})")
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[dict]:
+    """While inside, Ctrl-C (SIGINT) and SIGTERM only ask the loop to stop after the current step
+    (`asked["signal"]` names the signal); a second Ctrl-C stops at once, as usual."""
+    asked: dict = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield asked
+        return
+
+    def ask(signum, frame):
+        if asked["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        asked["signal"] = signal.Signals(signum).name
+        print(f"\n{asked['signal']}: stopping after this step (Ctrl-C again to stop at once, keeping nothing)",
+              file=sys.stderr, flush=True)
+
+    previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield asked
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def random_states() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_random_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    if states["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -192,43 +260,92 @@ def train(model: nn.Module, train_batches: Callable[[int], Iterable[dict]], step
     params = trainable_parameters(model)
     if not params:
         raise ValueError("The model has no trainable parameters: the method must leave some requires_grad=True.")
-    total_steps = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
-    optimizer, schedule = make_optimizer(params, config, total_steps, device)
+    result = TrainResult(total_steps=min(config.epochs * steps_per_epoch, config.max_steps or math.inf))
+    optimizer, schedule = make_optimizer(params, config, result.total_steps, device)
     eval_every = config.eval_every or steps_per_epoch
-    result, best_state, losses = TrainResult(), None, []
-    bar = tqdm(total=total_steps, desc="training", disable=not config.progress, leave=False)
-    start, eval_seconds = time.perf_counter(), 0.0
+    # What is kept if training goes wrong before any evaluation: the state it started from.
+    loop = {"best": None, "start": snapshot(model), "losses": [], "first_loss": None, "seconds": 0.0}
+    if config.resume:
+        resume_training(model, optimizer, schedule, result, loop, config.checkpoint)
+    bar = tqdm(total=result.total_steps, initial=result.steps, desc="training", disable=not config.progress,
+               leave=False)
+    start, eval_seconds = time.perf_counter() - loop["seconds"], 0.0
     model.train()
-    for batch in every_epoch(train_batches, config.epochs):
-        optimizer.zero_grad(set_to_none=True)
-        loss, problem = backward(model, to_device(batch, device), params, config, device)
-        if problem:
-            result.stopped = (f"{problem} at step {result.steps + 1}: training stopped before that update and the "
-                              "last good state was kept. Try a smaller learning rate (--lr).")
-            print(result.stopped, file=sys.stderr)
-            break
-        optimizer.step()
-        schedule.step()
-        result.steps += 1
-        losses.append(loss.item())
-        bar.update(1)
-        if result.steps % eval_every == 0 or result.steps == total_steps:
-            record = {"step": result.steps, "loss": float(np.mean(losses)),
-                      "seconds": time.perf_counter() - start - eval_seconds}
-            losses = []
-            if dev_batches is not None:
+    with stop_on_signals() as asked:
+        for batch in every_epoch(train_batches, config.epochs, steps_per_epoch, result.steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss, problem = backward(model, to_device(batch, device), params, config, device)
+            loop["first_loss"] = loop["first_loss"] if loop["first_loss"] is not None else loss.item()
+            if problem is None and loss.item() > DIVERGED * (loop["first_loss"] + 1):
+                problem = f"Loss rose to {loss.item():.4g} from {loop['first_loss']:.4g} at the start"
+            if problem:
+                result.outcome, result.stopped = "diverged", (
+                    f"{problem} at step {result.steps + 1}: training diverged and stopped before that update; "
+                    f"the last evaluated state (step {result.best_step}) was kept. Try a smaller learning rate (--lr).")
+                print(result.stopped, file=sys.stderr)
+                break
+            optimizer.step()
+            schedule.step()
+            result.steps += 1
+            loop["losses"].append(loss.item())
+            bar.update(1)
+            if result.steps % eval_every == 0 or result.steps == result.total_steps:
                 eval_start = time.perf_counter()
-                record["dev_metric"] = evaluate(model, dev_batches(), metric, device)
+                record_evaluation(model, dev_batches, metric, device, result, loop, start + eval_seconds)
                 eval_seconds += time.perf_counter() - eval_start
-                if best_state is None or record["dev_metric"] > result.best_metric:
-                    result.best_metric, result.best_step, best_state = record["dev_metric"], result.steps, snapshot(model)
-            result.history.append(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", **({metric: f"{record['dev_metric']:.3f}"}
-                                                             if "dev_metric" in record else {}))
-        if result.steps >= total_steps:
-            break
+                bar.set_postfix(loss=f"{result.history[-1]['loss']:.3f}", **(
+                    {metric: f"{result.history[-1]['dev_metric']:.3f}"} if "dev_metric" in result.history[-1] else {}))
+            if asked["signal"] and result.steps < result.total_steps:
+                result.outcome = "interrupted"
+                result.stopped = f"interrupted by {asked['signal']} at step {result.steps} of {result.total_steps}"
+                loop["seconds"] = time.perf_counter() - start - eval_seconds
+                save_checkpoint(model, optimizer, schedule, result, loop, config.checkpoint)
+                break
+            if result.steps >= result.total_steps:
+                break
     bar.close()
     result.train_seconds = time.perf_counter() - start - eval_seconds  # training only
-    if best_state is not None:  # keep the best dev state, not merely the last
-        restore(model, best_state)
+    # keep the best dev state, not merely the last (after a divergence: the last evaluated, else the start)
+    restore(model, loop["best"] if loop["best"] is not None else loop["start"] if result.outcome == "diverged"
+            else {})
     return result
+
+
+def record_evaluation(model: nn.Module, dev_batches, metric: str, device: torch.device, result: TrainResult,
+                      loop: dict, start: float) -> None:
+    """One point of the history: the mean loss since the last one and, with a dev set, the dev metric; the
+    state is kept if it is the best so far."""
+    record = {"step": result.steps, "loss": float(np.mean(loop["losses"])), "seconds": time.perf_counter() - start}
+    loop["losses"] = []
+    if dev_batches is not None:
+        record["dev_metric"] = evaluate(model, dev_batches(), metric, device)
+        if loop["best"] is None or record["dev_metric"] > result.best_metric:
+            result.best_metric, result.best_step, loop["best"] = record["dev_metric"], result.steps, snapshot(model)
+    else:  # without a dev set the last state is the one kept
+        result.best_step, loop["best"] = result.steps, snapshot(model)
+    result.history.append(record)
+
+
+def save_checkpoint(model, optimizer, schedule, result: TrainResult, loop: dict, path: str | None) -> None:
+    """Everything an interrupted run needs to go on as if it never stopped (atomically: all or nothing)."""
+    if path is None:
+        return
+    state = {"trainable": snapshot(model), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+             "result": {k: getattr(result, k) for k in ("history", "best_metric", "best_step", "steps")},
+             "loop": loop, "random": random_states()}
+    with atomic_path(path) as temporary:
+        torch.save(state, temporary)
+
+
+def resume_training(model, optimizer, schedule, result: TrainResult, loop: dict, path: str | None) -> None:
+    """Put the model, optimizer, schedule, history and random generators back where `save_checkpoint` left them."""
+    if path is None or not Path(path).exists():
+        raise FileNotFoundError(f"Nothing to resume: no checkpoint at {path}.")
+    state = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
+    restore(model, state["trainable"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    for key, value in state["result"].items():
+        setattr(result, key, value)
+    loop.update(state["loop"])
+    set_random_states(state["random"])
