@@ -69,7 +69,8 @@ def test_resume_skips_a_finished_run_and_refuses_other_settings(tiny_checkpoints
     assert "already holds this run, finished" in capsys.readouterr().out
     assert again.history == first.history and again.date == first.date, "nothing was run again"
     for changed, named in ((["--lr", "0.1"], "lr"), (["--seed", "1"], "seed"), (["--task", "builtin_pairs"], "task"),
-                           (["--top-layers", "1", "--mode", "top-k"], "config")):
+                           (["--top-layers", "1", "--mode", "top-k"], "config"), (["--max-steps", "5"], "max_steps"),
+                           (["--model", str(tiny_checkpoints["roberta"][0])], "model")):
         with pytest.raises(ValueError, match=f"holds a finished run with other settings \\(.*{named}"):
             fine_tuning.main(argv(checkpoint, tmp_path, "--mode", "head", *changed, "--resume"))
 
