@@ -106,7 +106,7 @@ def _length(example) -> int:
 
 def batches(examples: list, tokenizer, batch_size: int = 16, shuffle: bool = False, seed: int = 0,
             max_length: int | None = None, bucket_by_length: bool = False, template: str | None = None,
-            padding_side: str = "right") -> Iterator[dict[str, torch.Tensor]]:
+            padding_side: str = "right", shard=None) -> Iterator[dict[str, torch.Tensor]]:
     """Yield batches (see :func:`encode_examples`) over ``examples``; the last may be smaller.
 
     ``shuffle`` uses ``random.Random(seed)``: the same seed gives the same order on any
@@ -114,6 +114,8 @@ def batches(examples: list, tokenizer, batch_size: int = 16, shuffle: bool = Fal
     ``bucket_by_length`` puts examples of similar length together so less padding is
     computed; the batches themselves are then shuffled (when ``shuffle``), otherwise
     they run from shortest to longest.
+    ``shard(chunk) -> (examples, weights)`` keeps one process's share of each batch (several
+    processes: methods/shared/distributed.py); the batch then carries ``weights`` [B].
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
@@ -127,7 +129,13 @@ def batches(examples: list, tokenizer, batch_size: int = 16, shuffle: bool = Fal
     if bucket_by_length and shuffle:
         rng.shuffle(chunks)
     for chunk in chunks:
-        yield encode_examples([examples[i] for i in chunk], tokenizer, max_length, template, padding_side)
+        chosen, weights = shard(chunk) if shard is not None else (chunk, None)
+        if not chosen:  # this process has no share of a last, small batch (evaluation only)
+            continue
+        batch = encode_examples([examples[i] for i in chosen], tokenizer, max_length, template, padding_side)
+        if weights is not None:
+            batch["weights"] = torch.tensor(weights)
+        yield batch
 
 
 def k_shot(examples: list[Example], k: int, seed: int = 0) -> list[Example]:
@@ -156,7 +164,7 @@ def table_prompt(source: str) -> str:
 
 
 def causal_lm_batches(examples: list[TableExample], tokenizer, batch_size: int, shuffle: bool = False,
-                      seed: int = 0, max_length: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+                      seed: int = 0, max_length: int | None = None, shard=None) -> Iterator[dict[str, torch.Tensor]]:
     """Training batches for a causal LM: "source ||" + " reference" + eos, one row per reference.
 
     labels [B, T]: labels[t] = token t + 1 where that token belongs to the reference (or is eos),
@@ -166,7 +174,9 @@ def causal_lm_batches(examples: list[TableExample], tokenizer, batch_size: int, 
         random.Random(seed).shuffle(pairs)
     for start in range(0, len(pairs), batch_size):
         rows, prompt_lengths = [], []
-        for source, reference in pairs[start:start + batch_size]:
+        chosen, weights = shard(pairs[start:start + batch_size]) if shard is not None else \
+            (pairs[start:start + batch_size], None)
+        for source, reference in chosen:
             prompt = tokenizer.token_ids(table_prompt(source))
             rows.append((prompt + tokenizer.token_ids(" " + reference) + [tokenizer.eos_id])[:max_length])
             prompt_lengths.append(len(prompt))
@@ -175,4 +185,5 @@ def causal_lm_batches(examples: list[TableExample], tokenizer, batch_size: int, 
         for i, (ids, prompt_length) in enumerate(zip(rows, prompt_lengths)):
             labels[i, prompt_length - 1:len(ids) - 1] = torch.tensor(ids[prompt_length:])
         mask = pad_sequence([torch.ones(len(r), dtype=torch.long) for r in rows], batch_first=True)
-        yield {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+        yield {"input_ids": input_ids, "attention_mask": mask, "labels": labels,
+               **({"weights": torch.tensor(weights)} if weights is not None else {})}

@@ -33,6 +33,7 @@ from torch import nn
 from data import Example, Task, VerbalizerError, apply_template, batches, check_template, k_shot, load_task
 from minitransformer import Tokenizer, Transformer
 
+from methods.shared.distributed import is_main, say
 from methods.shared.heads import TaskHead, freeze
 from methods.shared.options import option, positive_int
 from methods.shared.pipeline import (Loaded, RunOptions, RunRecord, command_line, load_backbone, output_dir,
@@ -222,11 +223,11 @@ def template_sensitivity(templates: list[str], dev: list[float], metric: str, ou
     """Mean, min, max and spread of the dev metric over templates; printed, and drawn as one bar each."""
     mean = sum(dev) / len(dev)
     for template, value in zip(templates, dev):
-        print(f"  {100 * value:6.2f}  {template!r}")
-    print(f"dev {metric} over {len(dev)} templates: mean {100 * mean:.2f}, min {100 * min(dev):.2f}, "
+        say(f"  {100 * value:6.2f}  {template!r}")
+    say(f"dev {metric} over {len(dev)} templates: mean {100 * mean:.2f}, min {100 * min(dev):.2f}, "
           f"max {100 * max(dev):.2f}, spread {100 * (max(dev) - min(dev)):.2f} points")
-    out.mkdir(parents=True, exist_ok=True)
-    plot_template_scores(templates, dev, metric, out / "template_sensitivity.png", title)
+    if is_main():
+        plot_template_scores(templates, dev, metric, out / "template_sensitivity.png", title)
     return {"templates": [{"template": t, "dev_metric": d} for t, d in zip(templates, dev)], "dev_metric": mean,
             "dev_metric_is": "mean over templates", "mean": mean, "min": min(dev), "max": max(dev),
             "spread": max(dev) - min(dev)}
@@ -241,12 +242,11 @@ def in_context(config: HardPromptConfig, options: RunOptions, loaded: Loaded, ta
     records, results = [], {}
     for name, demos in conditions.items():
         prompt = icl_template(config.templates[0], demos, config.verbalizer)
-        scored = scoring_options(replace(options, out=str(out / name.replace(" ", "_"))), task, loaded.tokenizer,
-                                 prompt)
+        scored = scoring_options(replace(options, out=str(out / name.replace(" ", "_"))), task, loaded.tokenizer, prompt)
         records.append(run(replace(config, templates=[prompt]), scored, loaded)[1])
         scores = {"dev_metric": records[-1].dev_metric, "test_metric": records[-1].test_metric}
         results[name] = {"prompt": prompt, **{k: v for k, v in scores.items() if v is not None}}
-        print(f"{name:>13}: dev {task.metric} {100 * results[name]['dev_metric']:.2f}")
+        say(f"{name:>13}: dev {task.metric} {100 * results[name]['dev_metric']:.2f}")
     gold = results["gold labels"]
     return summary_record(records, config, gold["dev_metric"], gold.get("test_metric"), {**details, "conditions": results})
 
@@ -272,7 +272,7 @@ def run_hard_prompt(config: HardPromptConfig, options: RunOptions) -> RunRecord:
     """The variant of `config.mode` that this model can run, on one loaded backbone; results in OUT/results.json."""
     loaded = load_backbone(options)
     variant, reason = choose_variant(config.mode, loaded.backbone, options.model)
-    print(f"variant: {variant} ({reason})")
+    say(f"variant: {variant} ({reason})")
     task = load_task(options.task, options.data_dir)
     config = with_task_prompts(config, task)
     out = output_dir(options, config, task.name)
@@ -285,7 +285,7 @@ def run_hard_prompt(config: HardPromptConfig, options: RunOptions) -> RunRecord:
         choose = training_options if variant == "template-head" else scoring_options
         run_options = replace(choose(options, task, loaded.tokenizer, config.templates[0]), out=str(out))
         return run(replace(config, mode=variant), run_options, loaded, {**details, "template": config.templates[0]})[1]
-    print(f"wrote {write_record(out, record)}")
+    say(f"wrote {write_record(out, record)}")
     return record
 
 

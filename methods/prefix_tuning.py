@@ -36,6 +36,7 @@ from data.tasks import TASK_SPECS
 from minitransformer import Tokenizer, Transformer, TransformerConfig, generate
 from minitransformer.model import KeyValue
 
+from methods.shared.distributed import say
 from methods.shared.heads import TaskHead, freeze
 from methods.shared.options import option, positive_int
 from methods.shared.pipeline import command_line, output_dir, parse_command_line, run, save_method
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None):
     if model.prefix.reparameterized:  # keep both: OUT resumes training, OUT/deploy serves
         out = output_dir(options, config, record.task)
         deploy = save_method(model.eject(), out / "deploy", TASK_SPECS[record.task], options.model, record.task).parent
-        print(f"deploy prefix (MLP ejected): {count_parameters(model)[0]:,} parameters in {deploy}")
+        say(f"deploy prefix (MLP ejected): {count_parameters(model)[0]:,} parameters in {deploy}")
     return record
 
 

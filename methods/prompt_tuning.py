@@ -29,6 +29,7 @@ from torch import nn
 from data.prompts import label_word
 from minitransformer import Tokenizer, Transformer
 
+from methods.shared.distributed import say
 from methods.shared.heads import TaskHead, freeze
 from methods.shared.options import option, positive_int
 from methods.shared.pipeline import command_line, parse_command_line, run
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None):
     config, options = parse_command_line(PromptTuningConfig, __doc__, argv)
     model, record = run(config, options)
     for i, words in enumerate(model.nearest_tokens()):
-        print(f"virtual token {i:2d} is nearest to: {', '.join(words)}")
+        say(f"virtual token {i:2d} is nearest to: {', '.join(words)}")
     return record
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .model import KeyValue, Transformer
+from .model import GrowingKeyValue, KeyValue, Transformer
 
 
 @torch.no_grad()
@@ -42,6 +42,7 @@ def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.
     mask = torch.cat([torch.ones(B, P, dtype=attention_mask.dtype, device=input_ids.device), attention_mask], 1)
 
     hidden, cache = model(input_ids, attention_mask=mask, position_ids=positions, prefix=prefix, return_cache=True)
+    cache = [GrowingKeyValue(keys, values, keys.shape[2] + max_new_tokens) for keys, values in cache]
     sequences, finished = input_ids, torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     next_position = positions[:, -1:] + 1
     for _ in range(max_new_tokens):
@@ -61,7 +62,6 @@ def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.
         if finished.all():
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        hidden, cache = model(next_token[:, None], attention_mask=mask, position_ids=next_position,
-                              prefix=cache, return_cache=True)
+        hidden = model(next_token[:, None], attention_mask=mask, position_ids=next_position, prefix=cache)
         next_position = next_position + 1
     return sequences

@@ -8,7 +8,8 @@ Prompt methods plug in through two arguments of `Transformer.forward`:
 * `inputs_embeds` [B, T, H]: embeddings instead of token ids (soft prompts, P-tuning).
 * `prefix`: one entry per layer, each None or a pair (keys, values) of shape
   [B or 1, heads, P, head_dim], prepended inside that layer's attention
-  (prefix tuning, P-tuning v2). The generation cache is the same thing.
+  (prefix tuning, P-tuning v2). The generation cache is the same thing (kept in
+  preallocated buffers, `GrowingKeyValue`, so that it grows without copies).
 
 Conventions (those of Hugging Face transformers, tested against it):
 
@@ -31,6 +32,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import TransformerConfig
 
@@ -42,6 +44,33 @@ ACTIVATIONS = {
 }
 
 KeyValue = tuple[torch.Tensor, torch.Tensor]
+
+
+class GrowingKeyValue:
+    """One layer's generation cache in buffers allocated once for the whole generation.
+
+    Handing the cache back as a plain (keys, values) prefix would make attention copy all of it
+    (torch.cat) at every new token, which on CPU took about as long as the layers' matrix products;
+    here each step writes its new columns in place and attention reads a view of the filled part.
+    Indexing gives that view, as for a (keys, values) pair.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
+        B, heads, self.length, head_dim = keys.shape
+        self.buffer = keys.new_empty(2, B, heads, capacity, head_dim)
+        self.buffer[0, :, :, :self.length], self.buffer[1, :, :, :self.length] = keys, values
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.buffer[index, :, :, :self.length]
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor) -> KeyValue:
+        """Write the new columns after the filled ones; returns all keys and values so far."""
+        end = self.length + keys.shape[2]
+        if end > self.buffer.shape[3]:
+            raise ValueError(f"the generation cache holds {self.buffer.shape[3]} positions; {end} are needed")
+        self.buffer[0, :, :, self.length:end], self.buffer[1, :, :, self.length:end] = keys, values
+        self.length = end
+        return self[0], self[1]
 
 
 class Padding:
@@ -107,7 +136,9 @@ class Attention(nn.Module):
         B, T = padding.B, padding.T
         split = lambda t: padding.pad(t).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        if prefix is not None:
+        if isinstance(prefix, GrowingKeyValue):  # generation: the new keys and values go into the cache's buffer
+            k, v = prefix.append(k, v)
+        elif prefix is not None:
             prefix_keys, prefix_values = prefix  # (B or 1, nh, P, hd): one prefix may serve the whole batch
             k = torch.cat([prefix_keys.expand(B, -1, -1, -1).to(k.dtype), k], dim=2)  # (B, nh, P+T, hd)
             v = torch.cat([prefix_values.expand(B, -1, -1, -1).to(v.dtype), v], dim=2)
@@ -198,6 +229,9 @@ class Transformer(nn.Module):
         self.final_norm = nn.LayerNorm(H, eps=config.layer_norm_eps) if config.is_decoder else None
         self.mlm_head = MaskedLMHead(config) if mlm_head else None
         self.pooler = nn.Linear(H, H) if pooler else None
+        # Gradient checkpointing (Chen et al. 2016): trade a second forward pass of each layer in backward for
+        # not keeping its activations; the random state is replayed, so dropout draws the same masks.
+        self.gradient_checkpointing = False
 
     @property
     def has_lm_head(self) -> bool:
@@ -243,8 +277,13 @@ class Transformer(nn.Module):
             x = self.embedding_norm(x)
         x = self.embedding_dropout(x)
         cache = []
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer, layer_prefix, length in zip(self.layers, prefix, lengths):
-            x, kv = layer(x, None if mask is None else mask[..., P - length:], padding, layer_prefix)
+            layer_mask = None if mask is None else mask[..., P - length:]
+            if recompute:  # keep only the layer's inputs (its prefix among them) and redo the rest in backward
+                x, kv = checkpoint(layer, x, layer_mask, padding, layer_prefix, use_reentrant=False)
+            else:
+                x, kv = layer(x, layer_mask, padding, layer_prefix)
             cache.append(kv)
         if self.final_norm is not None:
             x = self.final_norm(x)

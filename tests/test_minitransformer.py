@@ -409,3 +409,17 @@ def test_config_reads_gpt2_defaults():
     assert config.intermediate_size == 3072 and config.is_decoder and config.type_vocab_size == 0
     gpt2_small = sum(p.numel() for p in Transformer(config).parameters())
     assert gpt2_small == 124_439_808, f"GPT-2 small has 124,439,808 parameters (LM head tied), got {gpt2_small:,}"
+
+
+def test_the_growing_cache_writes_in_place_and_refuses_to_overflow():
+    from minitransformer.model import GrowingKeyValue
+    keys, values = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
+    cache = GrowingKeyValue(keys, values, capacity=6)
+    assert torch.equal(cache[0], keys) and torch.equal(cache[1], values)
+    new_keys, new_values = torch.randn(2, 3, 1, 5), torch.randn(2, 3, 1, 5)
+    all_keys, all_values = cache.append(new_keys, new_values)
+    torch.testing.assert_close(all_keys, torch.cat([keys, new_keys], 2), rtol=0, atol=0)
+    torch.testing.assert_close(all_values, torch.cat([values, new_values], 2), rtol=0, atol=0)
+    assert all_keys.data_ptr() == cache.buffer[0].data_ptr(), "the cache must grow in its buffer, not by copies"
+    with pytest.raises(ValueError, match="holds 6 positions; 7 are needed"):
+        cache.append(torch.randn(2, 3, 2, 5), torch.randn(2, 3, 2, 5))

@@ -165,6 +165,11 @@ class RunOptions:
     out: str | None = option(None, "output directory (default: runs/RUN_NAME-TASK)")
     progress: bool = option(True, "show a progress bar")
     skip_test: bool = option(False, "do not score the test split at the end (the comparison reports dev only)")
+    precision: str = option("auto", "fp32, or autocast to bf16 or fp16 (the trainable parameters and optimizer "
+                            "state stay fp32; fp16 with a loss scaler); auto: bf16 on CUDA, fp32 elsewhere",
+                            choices=("auto", "fp32", "bf16", "fp16"))
+    gradient_checkpointing: bool = option(False, "keep only each layer's input for backward and recompute the rest "
+                                          "(less activation memory, about a third more compute; same numbers)")
     resume: bool = option(False, "go on from the run interrupted in --out, or skip it if it finished with these "
                           "settings; a run there with other settings is refused")
     command: list[str] | None = option(None, "the command-line words that asked for the run", cli=False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -36,6 +37,7 @@ from data.metrics import corpus_bleu
 from minitransformer import Tokenizer, Transformer, load_pretrained
 
 from methods import registry
+from methods.shared import distributed
 from methods.shared.files import atomic_path, write_json
 from methods.shared.options import (DEFAULT_MODEL, RunOptions, add_options, from_args,  # noqa: F401 (re-exported)
                                     outputs_fields)
@@ -91,8 +93,9 @@ class Loaded:
 
 def load_backbone(options: RunOptions) -> Loaded:
     set_seed(options.seed)
-    device = get_device(options.device)
+    device = get_device(distributed.setup(options.device))  # under torchrun: join the others, this rank's GPU
     backbone, tokenizer = load_pretrained(options.model, device=device)
+    backbone.gradient_checkpointing = options.gradient_checkpointing
     return Loaded(backbone, tokenizer, device, torch.get_rng_state())
 
 
@@ -110,8 +113,11 @@ def save_method(model: nn.Module, directory: str | Path, task=None, model_name: 
     """Save only the method's trainable parameters (OUT/method.safetensors) and what rebuilds it (OUT/method.json:
     the method's registry name and full config, the task's labels, the backbone's shape).
 
-    `task` is a data.Task, or a data.tasks.TaskSpec with its `task_name`."""
+    `task` is a data.Task, or a data.tasks.TaskSpec with its `task_name`. With several processes only rank 0
+    writes (the others hold the same parameters)."""
     directory = Path(directory)
+    if not distributed.is_main():
+        return directory / "method.safetensors"
     directory.mkdir(parents=True, exist_ok=True)
     state = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
     with atomic_path(directory / "method.safetensors") as temporary:
@@ -194,10 +200,13 @@ def load_method(directory: str | Path, model_name: str | None = None, device=Non
 def train_on_task(model: nn.Module, tokenizer, task: Task, config: TrainConfig, train_examples: list,
                   dev_examples: list, batch_size: int, max_length: int, template: str | None = None,
                   device: torch.device | None = None) -> TrainResult:
-    """`train` on a task's examples: shuffled batches each epoch (seed + epoch), dev batches of 64."""
+    """`train` on a task's examples: shuffled batches each epoch (seed + epoch), dev batches of 64; with several
+    processes each encodes its share of every batch (a training rank with no share takes a weightless stand-in)."""
+    shard = lambda shuffle: functools.partial(distributed.shard, pad_with_first=shuffle) if distributed.active() \
+        else None
     make = lambda examples, shuffle, seed=0: batches(examples, tokenizer, batch_size if shuffle else EVAL_BATCH_SIZE,
                                                      shuffle=shuffle, seed=seed, max_length=max_length,
-                                                     template=template)
+                                                     template=template, shard=shard(shuffle))
     steps_per_epoch = math.ceil(len(train_examples) / batch_size)
     return train(model, lambda epoch: make(train_examples, True, config.seed + epoch), steps_per_epoch,
                  lambda: make(dev_examples, False), config, task.metric, device)
@@ -210,12 +219,14 @@ def fit(model: nn.Module, tokenizer: Tokenizer, task: Task, options: RunOptions,
     An interrupted run saves to `checkpoint` what `resume` needs to go on from it."""
     config = TrainConfig(epochs=options.epochs, max_steps=options.max_steps, lr=options.lr,
                          eval_every=options.eval_every, seed=options.seed, progress=options.progress,
-                         checkpoint=None if checkpoint is None else str(checkpoint), resume=resume)
+                         precision=options.precision, checkpoint=None if checkpoint is None else str(checkpoint),
+                         resume=resume)
     examples = task.splits["train"][: options.limit_train]
     if task.kind == "generation":  # one row per reference; no dev metric while training (BLEU needs decoding)
         steps = math.ceil(sum(len(e.references) for e in examples) / options.batch_size)
+        shard = functools.partial(distributed.shard, pad_with_first=True) if distributed.active() else None
         make = lambda epoch: causal_lm_batches(examples, tokenizer, options.batch_size, True, options.seed + epoch,
-                                               options.max_length)
+                                               options.max_length, shard)
         return train(model, make, steps, None, config, device=device)
     return train_on_task(model, tokenizer, task, config, examples, task.splits["dev"][: options.limit_dev],
                          options.batch_size, options.max_length, model.template, device)
@@ -225,10 +236,13 @@ def score(model: nn.Module, tokenizer: Tokenizer, task: Task, options: RunOption
           device: torch.device) -> tuple[float, dict]:
     """The task's metric on one split, and what else the split's scoring showed (generated samples)."""
     examples = task.splits[split][: options.limit_dev] if split == "dev" else task.splits[split]
-    if task.kind == "generation":
-        hypotheses = model.generate_texts(tokenizer, [e.source for e in examples], options.max_new_tokens)
-        return corpus_bleu(hypotheses, [e.references for e in examples]), {"samples": hypotheses[:5]}
-    made = batches(examples, tokenizer, EVAL_BATCH_SIZE, max_length=options.max_length, template=model.template)
+    if task.kind == "generation":  # each process decodes its share; BLEU over all of them
+        mine = distributed.shard(examples)[0]
+        texts = model.generate_texts(tokenizer, [e.source for e in mine], options.max_new_tokens)
+        pairs = distributed.gather(list(zip(texts, [e.references for e in mine])))
+        return corpus_bleu([h for h, _ in pairs], [r for _, r in pairs]), {"samples": [h for h, _ in pairs[:5]]}
+    made = batches(examples, tokenizer, EVAL_BATCH_SIZE, max_length=options.max_length, template=model.template,
+                   shard=distributed.shard if distributed.active() else None)
     return evaluate(model, made, task.metric, device), {}
 
 
@@ -242,7 +256,7 @@ def describe(task: Task, options: RunOptions) -> str:
 
 
 BUDGET = ("epochs", "max_steps", "batch_size", "lr", "seed", "eval_every", "max_length", "limit_train", "limit_dev",
-          "max_new_tokens")
+          "max_new_tokens", "precision")
 
 
 def run_key(method: str, config, options: RunOptions, task: Task) -> dict:
@@ -318,16 +332,19 @@ def run(config, options: RunOptions, loaded: Loaded | None = None, details: dict
         check_position_budget(loaded.backbone, model.prompt_length, options.max_length)
     options = dataclasses.replace(options, lr=options.lr or config.default_lr)
     out, key = output_dir(options, config, task.name), run_key(method.name, config, options, task)
-    finished, resuming = previous_run(out, key, options.resume)
+    # rank 0 decides (it alone reads and writes OUT), the others follow
+    finished, resuming = distributed.broadcast(previous_run(out, key, options.resume) if distributed.is_main() else None)
     if finished is not None:
         load_weights(model, out)
         return model, finished
     trainable, total = count_parameters(model)
-    print(f"{name} on {task.name}{' (built-in data, not a benchmark)' if task.is_builtin else ''} with "
-          f"{options.model}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%); "
-          f"{describe(task, options)} examples")
-    if resuming or trainable:
-        write_json(out / "resume.json", {"run_key": key})  # what the checkpoint, if one is written, belongs to
+    if distributed.is_main():
+        print(f"{name} on {task.name}{' (built-in data, not a benchmark)' if task.is_builtin else ''} with "
+              f"{options.model}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%); "
+              f"{describe(task, options)} examples" + (f"; {distributed.world()} processes" if distributed.active()
+                                                       else ""))
+        if resuming or trainable:
+            write_json(out / "resume.json", {"run_key": key})  # what the checkpoint, if one is written, belongs to
     result = fit(model, tokenizer, task, options, device, out / "resume.pt", resuming) if trainable else TrainResult()
     dev_metric, test_metric, scored = score_run(model, tokenizer, task, options, result, device)
     record = RunRecord(
@@ -339,7 +356,9 @@ def run(config, options: RunOptions, loaded: Loaded | None = None, details: dict
         stopped=result.stopped, outcome=result.outcome, config=asdict(config), options=asdict(options),
         run_key=key, details={**(details or {}), **scored}, device=str(device),
         machine=platform.processor() or platform.machine(), date=datetime.datetime.now().isoformat(timespec="seconds"))
-    finish(model, record, out, task, method.module)
+    if distributed.is_main():  # only rank 0 writes and speaks
+        finish(model, record, out, task, method.module)
+    distributed.barrier()
     return model, record
 
 
@@ -385,7 +404,9 @@ def output_dir(options: RunOptions, config, task_name: str) -> Path:
 
 
 def write_record(out: str | Path, record: RunRecord) -> Path:
-    return write_json(Path(out) / "results.json", asdict(record))
+    """OUT/results.json (by rank 0 only, with several processes)."""
+    path = Path(out) / "results.json"
+    return write_json(path, asdict(record)) if distributed.is_main() else path
 
 
 def parse_command_line(config_class: type, description: str, argv: list[str] | None = None

