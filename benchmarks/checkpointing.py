@@ -22,23 +22,9 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from gpu import build_ours, checkpoint, sst2_batches  # noqa: E402
 from methods.shared.training import task_loss  # noqa: E402
+from train_step import saved_for_backward_mb  # noqa: E402
 
 METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning_v2", "full_fine_tuning")
-
-
-def saved_megabytes(model, batch) -> float:
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(tensor):
-        pointer = tensor.untyped_storage().data_ptr()
-        if pointer not in weights:
-            saved[pointer] = tensor.untyped_storage().nbytes()
-        return tensor
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = task_loss(model(batch), batch["labels"])
-    loss.backward()
-    return sum(saved.values()) / 2**20
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -55,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
             model, tokenizer = build_ours(name, directory, device)
             model.backbone.gradient_checkpointing = on
             data = sst2_batches(tokenizer, 6, device, False)
-            row[f"saved_mb_{'with' if on else 'without'}"] = saved_megabytes(model, data[0])
+            row[f"saved_mb_{'with' if on else 'without'}"] = saved_for_backward_mb(model, lambda b: task_loss(model(b), b["labels"]), data[0])
             times = []
             for batch in data:
                 start = time.perf_counter()

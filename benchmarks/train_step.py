@@ -99,6 +99,13 @@ def training_memory_mb(model, loss_fn, batch: dict, device: torch.device, bf16: 
         base = torch.cuda.memory_allocated(device)
         step(batch)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return saved_for_backward_mb(model, loss_fn, batch) + 3 * trainable / 2**20
+
+
+def saved_for_backward_mb(model, loss_fn, batch: dict) -> float:
+    """MB of the tensors autograd saves for backward during loss_fn(batch) (each storage once, weights excluded);
+    runs the backward too."""
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
 
@@ -110,8 +117,7 @@ def training_memory_mb(model, loss_fn, batch: dict, device: torch.device, bf16: 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         loss = loss_fn(batch)
     loss.backward()
-    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return (sum(saved.values()) + 3 * trainable) / 2**20
+    return sum(saved.values()) / 2**20
 
 
 def main() -> None:

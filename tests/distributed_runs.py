@@ -57,7 +57,33 @@ def main(checkpoint: str, out: str) -> None:
         for name, (module, argv) in CASES.items():
             argv = ["--model", checkpoint, *COMMON, *argv, "--out", str(Path(out) / name)]
             importlib.import_module(module).main(argv)
+        interrupted_and_resumed(checkpoint, Path(out) / RESUMED)
     distributed.barrier()
+
+
+RESUMED = "prompt_tuning_resumed"  # the "prompt_tuning" case, stopped at step 3 and resumed: the same numbers
+
+
+def interrupted_and_resumed(checkpoint: str, out: Path) -> None:
+    """Every rank gets SIGINT during step 3 (torchrun forwards a Ctrl-C to all of them), then `--resume`."""
+    import signal
+    from methods import prompt_tuning
+    from methods.shared import training
+    argv = ["--model", checkpoint, *COMMON, *CASES["prompt_tuning"][1], "--out", str(out)]
+    calls, backward = {"n": 0}, training.backward
+
+    def interrupting_backward(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return backward(*args, **kwargs)
+    training.backward = interrupting_backward
+    stopped = prompt_tuning.main(argv)
+    assert stopped.outcome == "interrupted" and stopped.steps == 3, (stopped.outcome, stopped.steps)
+    calls["n"] = 10  # no more interrupts: from here it only counts the steps the resumed run trains
+    resumed = prompt_tuning.main(argv + ["--resume"])
+    training.backward = backward
+    assert resumed.steps == 4 and calls["n"] == 11, f"the resumed run trained {calls['n'] - 10} steps, not 1"
 
 
 if __name__ == "__main__":

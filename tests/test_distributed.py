@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import build_checkpoint
-from tests.distributed_runs import CASES
+from tests.distributed_runs import CASES, RESUMED
 
 ROOT = Path(__file__).parent.parent
 
@@ -40,18 +40,29 @@ def runs(tmp_path_factory):
     return outs
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_two_processes_give_the_losses_and_parameters_of_one(case, runs):
-    one, two = (json.loads((runs[n] / case / "results.json").read_text()) for n in ("one", "two"))
+def same_run(first: Path, second: Path, what: str) -> None:
+    """The loss curves, dev scores and trained parameters of two runs agree (to 1e-5)."""
+    one, two = (json.loads((run / "results.json").read_text()) for run in (first, second))
     assert [h["step"] for h in one["history"]] == [h["step"] for h in two["history"]] == [2, 4]
     for a, b in zip(one["history"], two["history"]):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), f"{case}: the loss curves differ"
-        assert b["dev_metric"] == a["dev_metric"], f"{case}: the sharded, gathered dev score differs"
-    weights = [load_file(str(runs[n] / case / "method.safetensors")) for n in ("one", "two")]
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), f"{what}: the loss curves differ"
+        assert b["dev_metric"] == a["dev_metric"], f"{what}: the dev scores differ"
+    weights = [load_file(str(run / "method.safetensors")) for run in (first, second)]
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:
         torch.testing.assert_close(weights[1][name], weights[0][name], rtol=1e-5, atol=1e-5,
-                                   msg=f"{case}: trained parameter {name} differs between one and two processes")
+                                   msg=f"{what}: trained parameter {name} differs")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_processes_give_the_losses_and_parameters_of_one(case, runs):
+    same_run(runs["one"] / case, runs["two"] / case, f"{case}, one process against two")
+
+
+@pytest.mark.parametrize("processes", ["one", "two"])
+def test_a_run_interrupted_and_resumed_equals_the_uninterrupted_one(processes, runs):
+    assert json.loads((runs[processes] / RESUMED / "results.json").read_text())["outcome"] == "finished"
+    same_run(runs[processes] / "prompt_tuning", runs[processes] / RESUMED, f"resumed on {processes} process(es)")
 
 
 def test_only_rank_0_wrote_or_printed(runs):
