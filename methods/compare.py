@@ -170,6 +170,15 @@ def previous(path: Path, command: list[str], resume: bool) -> tuple[dict | None,
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    parser = command_line_parser()
+    args = parser.parse_args(argv)
+    names, seeds, note, budget = settle(args, parser)
+    records = run_all(names, seeds, args, argv)
+    write_summary(records, names, seeds, note, budget, args)
+    return records
+
+
+def command_line_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default=None, help=f"comma-separated, from: {', '.join(METHODS)} (default: all; "
                         f"--quick: {', '.join(QUICK_METHODS)})")
@@ -192,7 +201,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--resume", action="store_true", help="keep the runs in --out made with these settings, go on "
                         "from an interrupted one, and run the rest (a record made otherwise is run again)")
     parser.add_argument("--verbose", action="store_true", help="show each method's own output and progress bar")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def settle(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[list[str], list[int], str, str]:
+    """The methods, seeds, task (with a note on where it came from) and budget of this comparison; says them."""
     names = [n.strip() for n in (args.methods or ",".join(QUICK_METHODS if args.quick else METHODS)).split(",")
              if n.strip()]
     unknown = [n for n in names if n not in METHODS]
@@ -211,7 +224,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     budget = budget_note(args, builtin)
     print(f"Comparing {len(names)} methods on {args.task} ({note}) with {args.model}, seeds {seeds}: {budget}.",
           flush=True)
+    return names, seeds, note, budget
 
+
+def run_all(names: list[str], seeds: list[int], args: argparse.Namespace, argv: list[str] | None) -> list[dict]:
+    """Each method at each seed in its own process, its record kept in OUT/records as soon as it ends."""
     out = Path(args.out)
     records, jobs = [], [(name, seed) for name in names for seed in seeds]
     signal.signal(signal.SIGTERM, stop_on_sigterm)
@@ -236,6 +253,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"Stopped by {STOPPED['signal']}: {done} of {len(jobs)} runs finished, {name} kept its best "
                   f"state so far; go on with: {again}{'' if args.resume else ' --resume'}")
             raise SystemExit(130)
+    return records
+
+
+def write_summary(records: list[dict], names: list[str], seeds: list[int], note: str, budget: str,
+                  args: argparse.Namespace) -> None:
+    out = Path(args.out)
     summary = {"task": args.task, "task_note": note, "model": args.model, "budget": budget, "records": records}
     write_json(out / "results.json", summary)  # once, with every record (each is in records/ already)
     rows = summarize(records, names)
@@ -244,7 +267,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         temporary.write_text(f"Task: {args.task} ({note}); model: {args.model}; seeds: {seeds}; {budget}\n\n{table}\n")
     plot(rows, out, f"{args.task} · {args.model}")
     print("\n" + table + f"\n\nWrote {out}/results.json, results.md, curves.png, metric_vs_params.png, cost.png")
-    return records
 
 
 def budget_note(args: argparse.Namespace, builtin: bool) -> str:
