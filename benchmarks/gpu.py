@@ -39,6 +39,7 @@ from methods.prefix_tuning import PrefixTuningConfig  # noqa: E402
 from methods.prompt_tuning import PromptTuningConfig  # noqa: E402
 from methods.shared.training import task_loss  # noqa: E402
 from minitransformer import generate, load_pretrained  # noqa: E402
+from train_step import make_step  # noqa: E402
 
 VIRTUAL_TOKENS = 20
 METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning_v2", "lora", "full_fine_tuning")
@@ -129,21 +130,6 @@ def build_theirs(name: str, directory: Path, device) -> torch.nn.Module:
     return Theirs(peft.get_peft_model(model, config) if config else model).to(device).train()
 
 
-def stepper(model, device, precision: str):
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-
-    def step(batch):
-        with autocast:
-            loss = task_loss(model(batch), batch["labels"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return step
-
-
 def backbone_parameters(model) -> int:
     return sum(p.numel() for p in model.backbone.parameters())
 
@@ -154,7 +140,8 @@ def time_training(shape: str, name: str, directory: Path, device, steps: int, wa
     torch.manual_seed(0)
     theirs = build_theirs(name, directory, device)
     data = sst2_batches(tokenizer, steps + warmup, device, ours.backbone.config.is_decoder)
-    steps_of = {"ours": stepper(ours, device, precision), "theirs": stepper(theirs, device, precision)}
+    steps_of = {side: make_step(model, lambda batch, model=model: task_loss(model(batch), batch["labels"]), device,
+                              precision == "bf16") for side, model in (("ours", ours), ("theirs", theirs))}
     times: dict[str, list[float]] = {"ours": [], "theirs": []}
     for i, batch in enumerate(data):
         for side, step in steps_of.items():

@@ -36,8 +36,9 @@ def with_loss(model):
 
 
 def make_step(model, loss_fn, device, bf16: bool):
+    """One optimizer step on a batch, synchronised on CUDA so it can be timed; bf16: autocast on `device`."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and bf16 else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     def step(batch):
         with autocast:
@@ -61,6 +62,7 @@ def sst2_batches(tokenizer, count: int, device) -> list[dict]:
 
 
 def time_method(name: str, device: torch.device, steps: int, warmup: int, bf16: bool) -> dict:
+    bf16 = bf16 and device.type == "cuda"  # bf16 autocast on a GPU only
     torch.manual_seed(0)
     ours, tokenizer = build_ours(name, device)
     ours, ours_loss = with_loss(ours)
