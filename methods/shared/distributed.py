@@ -12,6 +12,7 @@ way and its predictions gathered; only rank 0 prints, draws and writes.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 
 import torch
@@ -60,6 +61,12 @@ def shard(items: list, pad_with_first: bool = False) -> tuple[list, list[float]]
     if mine or not pad_with_first:
         return mine, [1.0] * len(mine)
     return items[:1], [0.0]
+
+
+def batch_sharder(training: bool):
+    """What `batches(..., shard=)` takes: None with one process; else `shard`, padded for training (every rank must
+    take every step), not for evaluation (a rank may skip a last, small batch)."""
+    return functools.partial(shard, pad_with_first=training) if active() else None
 
 
 def sum_across(*numbers: float | torch.Tensor) -> list[float]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import functools
 import json
 import math
 import os
@@ -202,11 +201,9 @@ def train_on_task(model: nn.Module, tokenizer, task: Task, config: TrainConfig, 
                   device: torch.device | None = None) -> TrainResult:
     """`train` on a task's examples: shuffled batches each epoch (seed + epoch), dev batches of 64; with several
     processes each encodes its share of every batch (a training rank with no share takes a weightless stand-in)."""
-    shard = lambda shuffle: functools.partial(distributed.shard, pad_with_first=shuffle) if distributed.active() \
-        else None
     make = lambda examples, shuffle, seed=0: batches(examples, tokenizer, batch_size if shuffle else EVAL_BATCH_SIZE,
                                                      shuffle=shuffle, seed=seed, max_length=max_length,
-                                                     template=template, shard=shard(shuffle))
+                                                     template=template, shard=distributed.batch_sharder(shuffle))
     steps_per_epoch = math.ceil(len(train_examples) / batch_size)
     return train(model, lambda epoch: make(train_examples, True, config.seed + epoch), steps_per_epoch,
                  lambda: make(dev_examples, False), config, task.metric, device)
@@ -224,9 +221,8 @@ def fit(model: nn.Module, tokenizer: Tokenizer, task: Task, options: RunOptions,
     examples = task.splits["train"][: options.limit_train]
     if task.kind == "generation":  # one row per reference; no dev metric while training (BLEU needs decoding)
         steps = math.ceil(sum(len(e.references) for e in examples) / options.batch_size)
-        shard = functools.partial(distributed.shard, pad_with_first=True) if distributed.active() else None
         make = lambda epoch: causal_lm_batches(examples, tokenizer, options.batch_size, True, options.seed + epoch,
-                                               options.max_length, shard)
+                                               options.max_length, distributed.batch_sharder(training=True))
         return train(model, make, steps, None, config, device=device)
     return train_on_task(model, tokenizer, task, config, examples, task.splits["dev"][: options.limit_dev],
                          options.batch_size, options.max_length, model.template, device)
@@ -242,7 +238,7 @@ def score(model: nn.Module, tokenizer: Tokenizer, task: Task, options: RunOption
         pairs = distributed.gather(list(zip(texts, [e.references for e in mine])))
         return corpus_bleu([h for h, _ in pairs], [r for _, r in pairs]), {"samples": [h for h, _ in pairs[:5]]}
     made = batches(examples, tokenizer, EVAL_BATCH_SIZE, max_length=options.max_length, template=model.template,
-                   shard=distributed.shard if distributed.active() else None)
+                   shard=distributed.batch_sharder(training=False))
     return evaluate(model, made, task.metric, device), {}
 
 
