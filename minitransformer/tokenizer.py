@@ -60,7 +60,7 @@ class Tokenizer:
             backend = BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=lowercase)._tokenizer
         elif (directory / "vocab.json").exists() and (directory / "merges.txt").exists():
             backend = ByteLevelBPETokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))._tokenizer
-            if model_type == "roberta":  # <s> A </s></s> B </s>, as RobertaTokenizerFast builds it
+            if model_type in ("roberta", "bart"):  # <s> A </s></s> B </s>, as RobertaTokenizerFast builds it
                 backend.post_processor = processors.RobertaProcessing(
                     ("</s>", backend.token_to_id("</s>")), ("<s>", backend.token_to_id("<s>")), trim_offsets=True)
         else:

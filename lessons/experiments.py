@@ -1,0 +1,406 @@
+"""The lessons' experiments: what each one trains, at what budget, with which seeds, and what the paper claims.
+
+A lesson does not train its main experiment while you read it: the runs were made once, in the
+background, by this file, and their records (each run's results.json, as the run wrote it, with its
+command line, machine and date) are committed under results/lessons/. In full mode a lesson draws
+its plots and tables from them in seconds; `LESSON_RETRAIN` retrains live:
+
+    LESSON_RETRAIN=all                          every setting of the lesson's experiments
+    LESSON_RETRAIN="flat, lr 0.01"              one setting (its name as the lesson's table shows it; several: a;b)
+
+    python -m lessons.experiments list                     the experiments, their settings and how many records exist
+    python -m lessons.experiments run prefix_stability     train what is missing (resumes; Ctrl-C stops after a step)
+    python -m lessons.experiments run --all                everything, in the order below (about 5 CPU hours)
+    python -m lessons.experiments table prompt_length      mean ± sd over seeds, n, from the records
+
+Fast mode (LESSON_FAST=1, the tests) trains every setting for two steps on a few examples, one
+seed, into a temporary folder: every line runs, the numbers mean nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from methods import registry
+from methods.shared.options import RunOptions, to_argv
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDS = ROOT / "results" / "lessons"
+FAST = os.environ.get("LESSON_FAST", "0") == "1"
+MODEL = os.environ.get("LESSON_MODEL", "all-MiniLM-L6-v2")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long each run trains. The pilot chose it (results/lessons/README.md says why)."""
+    name: str
+    steps: int
+    batch_size: int
+    eval_every: int
+    max_length: int = 64
+    seeds: tuple[int, ...] = (0, 1, 2)
+    limit_train: int | None = None
+    limit_dev: int | None = None  # None: the full dev split
+
+
+PILOT = Budget("pilot", steps=600, batch_size=16, eval_every=100, seeds=(0, 1))
+MAIN = Budget("main", steps=400, batch_size=16, eval_every=100)
+TINY = Budget("fast", steps=2, batch_size=4, eval_every=2, max_length=32, seeds=(0,), limit_train=16, limit_dev=16)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration: a method with the options that set it apart, and its learning rate (None: the
+    method's default, a learning rate the project chose for it on SST-2)."""
+    name: str
+    method: str
+    options: dict = field(default_factory=dict)
+    lr: float | None = None
+
+    def run_id(self, seed: int) -> str:
+        """The file a run is kept under: the same setting in two experiments is one run."""
+        words = [self.method] + [f"{k}={v}" for k, v in sorted(self.options.items())]
+        words += [f"lr={self.lr:g}"] if self.lr is not None else []
+        return "-".join(w.replace(" ", "").replace("/", "_").replace("{", "(").replace("}", ")") for w in words) \
+            + f"-seed{seed}"
+
+    def argv(self, budget: Budget, seed: int, task: str, out: Path, device: str | None) -> list[str]:
+        """The command line that makes this run: python -m <the method's module> <these words>."""
+        method = registry.get(self.method)
+        run = {"model": MODEL, "task": task, "max_steps": budget.steps, "epochs": 100, "batch_size": budget.batch_size,
+               "eval_every": budget.eval_every, "max_length": budget.max_length, "seed": seed, "lr": self.lr,
+               "limit_train": budget.limit_train, "limit_dev": budget.limit_dev, "skip_test": True,
+               "out": str(out), "resume": True, "device": device}
+        return to_argv(RunOptions, run) + to_argv(method.config_class, self.options)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A paper's finding as a comparison of settings: `higher` (group a scores above group b) or `steadier`
+    (a's scores spread less than b's, over every learning rate and seed in the group)."""
+    paper: str
+    where: str            # table or figure, and the number it reports
+    statement: str
+    a: tuple[str, ...]
+    b: tuple[str, ...]
+    kind: str = "higher"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    lesson: str
+    question: str
+    settings: tuple[Setting, ...]
+    claims: tuple[Claim, ...] = ()
+    budget: Budget = MAIN
+    task: str = "sst2"
+
+    def setting(self, name: str) -> Setting:
+        for s in self.settings:
+            if s.name == name:
+                return s
+        raise ValueError(f"{self.name} has no setting {name!r}; its settings are "
+                         f"{', '.join(repr(s.name) for s in self.settings)}.")
+
+
+# ---- the experiments, lesson by lesson ----------------------------------------------------------
+
+LESSON_1 = Experiment(
+    "fine_tuning_modes", "01", "How much of full fine-tuning does training only the top or only the head keep?",
+    (Setting("full fine-tuning", "fine_tuning", {"mode": "full"}),
+     Setting("top-2 layers", "fine_tuning", {"mode": "top-k", "top_layers": 2}),
+     Setting("head only", "fine_tuning", {"mode": "head"})),
+    (Claim("Howard & Ruder 2018 / Devlin et al. 2019", "BERT §5.3, Table 7: feature-based 95.5 vs fine-tuning 96.4 "
+           "dev F1 (NER); frozen features trail", "full fine-tuning beats a head on frozen features",
+           ("full fine-tuning",), ("head only",)),
+     Claim("Lee et al. 2019", "'What would Elsa do?' Table 1: fine-tuning only the top layers recovers ~90% "
+           "of full quality", "the top layers recover most of the gap to full fine-tuning",
+           ("top-2 layers",), ("head only",))))
+
+_PROMPT = lambda n, init="vocab": Setting(f"length {n}, {init}", "prompt_tuning",
+                                          {"num_virtual_tokens": n, "init": init})
+LESSON_3_LENGTH = Experiment(
+    "prompt_length", "03", "Does a longer soft prompt learn more? (Lester et al. 2021, Figure 3(a))",
+    (_PROMPT(1), _PROMPT(5), _PROMPT(20)),
+    (Claim("Lester et al. 2021", "Figure 3(a): at every model size, 1 token is worst; gains flatten past 20",
+           "a 20-token prompt beats a 1-token prompt", ("length 20, vocab",), ("length 1, vocab",)),
+     Claim("Lester et al. 2021", "Figure 3(a): 5 tokens already well above 1 for small models",
+           "a 5-token prompt beats a 1-token prompt", ("length 5, vocab",), ("length 1, vocab",))))
+LESSON_3_INIT = Experiment(
+    "prompt_init", "03", "Where should a soft prompt start? (Lester et al. 2021, Figure 3(b))",
+    (_PROMPT(5, "random"), _PROMPT(5, "vocab"), _PROMPT(5, "labels")),
+    (Claim("Lester et al. 2021", "Figure 3(b): class-label init best, random uniform worst (large gap for "
+           "small models)", "starting from vocabulary embeddings beats a random start",
+           ("length 5, vocab",), ("length 5, random",)),
+     Claim("Lester et al. 2021", "Figure 3(b)", "starting from the label words beats a random start",
+           ("length 5, labels",), ("length 5, random",))))
+
+PREFIX_LRS = (1e-4, 1e-3, 1e-2, 5e-2)
+_PREFIX = lambda flat, lr: Setting(f"{'flat' if flat else 'MLP'}, lr {lr:g}", "prefix_tuning", {"flat": flat}, lr)
+LESSON_4 = Experiment(
+    "prefix_stability", "04", "Is a prefix made by an MLP steadier to train than a prefix trained directly?",
+    tuple(_PREFIX(flat, lr) for flat in (False, True) for lr in PREFIX_LRS),
+    (Claim("Li & Liang 2021", "§4.3 / Appendix A: optimizing the prefix directly is unstable and drops "
+           "performance; the MLP reparameterization fixes it", "MLP prefixes spread less over learning rates "
+           "and seeds than flat ones", tuple(f"MLP, lr {lr:g}" for lr in PREFIX_LRS),
+           tuple(f"flat, lr {lr:g}" for lr in PREFIX_LRS), "steadier"),
+     Claim("Li & Liang 2021", "§4.3: the MLP prefix is better on average over the sweep",
+           "MLP prefixes score higher than flat ones, over the whole sweep",
+           tuple(f"MLP, lr {lr:g}" for lr in PREFIX_LRS), tuple(f"flat, lr {lr:g}" for lr in PREFIX_LRS))))
+
+_P = lambda name, encoder, template, read="auto": Setting(name, "p_tuning",
+                                                          {"encoder": encoder, "template": template, "read": read})
+SHAPE_333 = "{p:3} {text} {p:3} {mask} {p:3}"
+LESSON_5 = Experiment(
+    "p_tuning_encoders", "05", "Does P-tuning's prompt encoder matter, and does where the prompts sit?",
+    (_P("LSTM encoder", "lstm", SHAPE_333), _P("MLP encoder", "mlp", SHAPE_333), _P("no encoder", "none", SHAPE_333),
+     _P("MLP, prompts before the text only", "mlp", "{p:9} {text}"),
+     _P("MLP, 3,3,3 + anchor words", "mlp", "{p:3} {text} {p:3} it was {mask} . {p:3}"),
+     _P("MLP, classifier reads [CLS]", "mlp", SHAPE_333, "input")),
+    (Claim("Liu et al. 2021 (GPT understands, too)", "§3 and Table 1 ablation: the bi-LSTM encoder helps "
+           "over training the vectors directly", "an LSTM encoder beats no encoder", ("LSTM encoder",),
+           ("no encoder",)),
+     Claim("Liu et al. 2021", "§3: an MLP works about as well as the LSTM (Liu et al. 2022 §3 find "
+           "reparameterization task-dependent)", "an MLP encoder beats no encoder", ("MLP encoder",),
+           ("no encoder",)),
+     Claim("Liu et al. 2021", "§3, 'anchor tokens': task-related words in the template help (RTE)",
+           "anchor words in the template help", ("MLP, 3,3,3 + anchor words",), ("MLP encoder",))))
+
+_DEEP = lambda name, P=20, layers="all": Setting(name, "p_tuning_v2", {"num_virtual_tokens": P, "prompt_layers": layers})
+LESSON_6 = Experiment(
+    "deep_prompts", "06", "Do prompts in every layer beat a prompt at the input, and which layers matter?",
+    (Setting("input only (prompt tuning)", "prompt_tuning", {"num_virtual_tokens": 20}),
+     _DEEP("deep, all layers"), _DEEP("deep, layers 1-3", layers="1-3"), _DEEP("deep, layers 4-6", layers="4-6"),
+     _DEEP("deep, P = 5", P=5), _DEEP("deep, P = 50", P=50)),
+    (Claim("Liu et al. 2022 (P-tuning v2)", "Table 2 / Figure 1: deep prompts close the gap to fine-tuning "
+           "for small models (BERT-large SST-2 ~ 94.3% vs 91-93% for input-only)",
+           "deep prompts beat an input-only prompt of the same length", ("deep, all layers",),
+           ("input only (prompt tuning)",)),
+     Claim("Liu et al. 2022", "Figure 5: prompts in the upper layers matter more than in the lower ones "
+           "(RTE, BoolQ)", "upper-layer prompts beat lower-layer prompts", ("deep, layers 4-6",),
+           ("deep, layers 1-3",)),
+     Claim("Liu et al. 2022", "Figure 4: simple classification tasks are fine with short prompts (<20)",
+           "20 deep prompt tokens are no worse than 50", ("deep, all layers",), ("deep, P = 50",))))
+
+PILOT_EXPERIMENT = Experiment(
+    "pilot", "--", "At what budget do the lessons' effects separate from seed noise?",
+    (_PROMPT(1), _PROMPT(20), _DEEP("deep, all layers")), budget=PILOT)
+
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in
+                                      [LESSON_6, LESSON_4, LESSON_3_LENGTH, LESSON_3_INIT, LESSON_5, LESSON_1]}
+
+
+def get(name: str) -> Experiment:
+    if name == "pilot":
+        return PILOT_EXPERIMENT
+    if name not in EXPERIMENTS:
+        raise ValueError(f"Unknown experiment {name!r}; the experiments are pilot, {', '.join(EXPERIMENTS)}.")
+    return EXPERIMENTS[name]
+
+
+# ---- running ------------------------------------------------------------------------------------
+
+def record_path(experiment: Experiment, setting: Setting, seed: int, records: Path = RECORDS) -> Path:
+    return records / experiment.budget.name / f"{setting.run_id(seed)}.json"
+
+
+def train_setting(experiment: Experiment, setting: Setting, seed: int, records: Path = RECORDS,
+                  budget: Budget | None = None, device: str | None = None, workdir: Path | None = None) -> dict:
+    """Train one (setting, seed) with its method's own command line, in this process, and keep its record.
+
+    The run's folder (weights, resume checkpoint) is under runs/lessons/; the record it writes there is
+    copied to `records`. An interrupted run goes on where it stopped when asked again."""
+    from methods.shared.files import write_json
+    from methods.shared.pipeline import parse_command_line, run
+
+    budget = budget or experiment.budget
+    experiment = dataclasses.replace(experiment, budget=budget)
+    workdir = workdir or ROOT / "runs" / "lessons"
+    out = workdir / budget.name / setting.run_id(seed)
+    argv = setting.argv(budget, seed, experiment.task, out, device)
+    config, options = parse_command_line(registry.get(setting.method).config_class, "", argv)
+    _, record = run(config, dataclasses.replace(options, progress=not FAST and sys.stderr.isatty()))
+    if record.outcome != "finished":
+        raise KeyboardInterrupt(f"{setting.name} seed {seed}: {record.outcome}")
+    saved = json.loads((out / "results.json").read_text())
+    saved["command"] = f"python -m {registry.get(setting.method).module} {' '.join(argv)}"
+    path = record_path(experiment, setting, seed, records)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, saved)
+    return saved
+
+
+def run_experiment(experiment: Experiment, records: Path = RECORDS, device: str | None = None) -> None:
+    """Every (setting, seed) of `experiment` that has no record yet, seed by seed (so n grows evenly)."""
+    budget = experiment.budget
+    todo = [(s, seed) for seed in budget.seeds for s in experiment.settings
+            if not record_path(experiment, s, seed, records).exists()]
+    print(f"{experiment.name}: {len(todo)} of {len(budget.seeds) * len(experiment.settings)} runs to go "
+          f"({budget.steps} steps of {budget.batch_size}, seeds {list(budget.seeds)})", flush=True)
+    for i, (setting, seed) in enumerate(todo):
+        print(f"[{i + 1}/{len(todo)}] {setting.name}, seed {seed}", flush=True)
+        record = train_setting(experiment, setting, seed, records, device=device)
+        print(f"    dev {100 * record['dev_metric']:.2f}% in {record['train_seconds']:.0f} s", flush=True)
+
+
+# ---- reading the records ------------------------------------------------------------------------
+
+@dataclass
+class Results:
+    """An experiment's records: setting name -> the record of each seed that has one."""
+    experiment: Experiment
+    runs: dict[str, list[dict]]
+    source: str  # where the numbers came from: "records" or "trained now"
+
+    def scores(self, name: str, at_step: int | None = None) -> list[float]:
+        """Dev accuracy (%) per seed: the best state each run kept, or the evaluation at `at_step`."""
+        if at_step is None:
+            return [100 * r["dev_metric"] for r in self.runs[name]]
+        return [100 * h["dev_metric"] for r in self.runs[name] for h in r["history"] if h["step"] == at_step]
+
+    def pooled(self, names) -> list[float]:
+        return [score for name in names for score in self.scores(name)]
+
+    def summary(self, name: str) -> tuple[float, float, int]:
+        values = self.scores(name)
+        return mean(values), sd(values), len(values)
+
+    def table(self) -> str:
+        rows = ["| setting | dev accuracy (%), mean ± sd | n | steps × batch | learning rate |",
+                "|---|---:|---:|---|---|"]
+        for s in self.experiment.settings:
+            if self.runs.get(s.name):
+                m, d, n = self.summary(s.name)
+                lr = self.runs[s.name][0]["options"]["lr"]
+                rows.append(f"| {s.name} | {m:.1f} ± {d:.1f} | {n} | {self.budget_text()} | {lr:g} |")
+        return "\n".join(rows)
+
+    def budget_text(self) -> str:
+        b = self.experiment.budget
+        return f"{b.steps} × {b.batch_size}"
+
+    def verdicts(self) -> list[dict]:
+        return [verdict(claim, self) for claim in self.experiment.claims]
+
+    def verdict_table(self) -> str:
+        rows = ["| paper | where, what it reports | claim | we measured (mean ± sd, n) | verdict |", "|---|---|---|---|---|"]
+        for v in self.verdicts():
+            rows.append(f"| {v['paper']} | {v['where']} | {v['statement']} | {v['measured']} | **{v['verdict']}** "
+                        f"({v['why']}) |")
+        return "\n".join(rows)
+
+
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else math.nan
+
+
+def sd(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def verdict(claim: Claim, results: Results) -> dict:
+    """Reproduced / partly / not, by one rule for every claim (never tuned towards the paper):
+
+    higher: reproduced when a's mean exceeds b's by more than twice the standard error of the difference,
+    partly when it exceeds it by less (the right direction, within seed noise), else not.
+    steadier: reproduced when a's spread is below two thirds of b's, partly when below b's, else not."""
+    a, b = results.pooled(claim.a), results.pooled(claim.b)
+    budget = f"n = {len(a)} and {len(b)}, {results.budget_text()}"
+    if claim.kind == "steadier":
+        measured = f"sd {sd(a):.1f} vs {sd(b):.1f} (range {min(a):.1f}–{max(a):.1f} vs {min(b):.1f}–{max(b):.1f}); {budget}"
+        outcome = ("reproduced", "a clearly steadier") if sd(a) < 2 / 3 * sd(b) else \
+            ("partly", "steadier, not by much") if sd(a) < sd(b) else ("not", "not steadier")
+    else:
+        gap = mean(a) - mean(b)
+        error = math.sqrt(sd(a) ** 2 / max(1, len(a)) + sd(b) ** 2 / max(1, len(b)))
+        measured = f"{mean(a):.1f} ± {sd(a):.1f} vs {mean(b):.1f} ± {sd(b):.1f}; {budget}"
+        outcome = ("reproduced", f"gap {gap:+.1f} > 2 × s.e. {error:.1f}") if gap > 2 * error else \
+            ("partly", f"gap {gap:+.1f} within 2 × s.e. {error:.1f}") if gap > 0 else ("not", f"gap {gap:+.1f}")
+    return {"paper": claim.paper, "where": claim.where, "statement": claim.statement, "measured": measured,
+            "verdict": outcome[0], "why": outcome[1], "lesson": results.experiment.lesson}
+
+
+def retrain_choice() -> set[str] | str:
+    """LESSON_RETRAIN: "all", or setting names separated by ";" (empty: replay the records)."""
+    value = os.environ.get("LESSON_RETRAIN", "").strip()
+    return "all" if value == "all" else {name.strip() for name in value.split(";") if name.strip()}
+
+
+def results_for(name: str, retrain: set[str] | str | None = None, device: str | None = None) -> Results:
+    """The experiment's results: from the committed records, after retraining what `retrain` names
+    (default: LESSON_RETRAIN) into a temporary folder. Fast mode trains every setting at a tiny budget."""
+    experiment = get(name)
+    retrain = retrain_choice() if retrain is None else retrain
+    if FAST:
+        records, budget = Path(tempfile.mkdtemp(prefix="lesson-records-")), TINY
+        experiment = dataclasses.replace(experiment, budget=budget)
+        chosen = {s.name for s in experiment.settings}
+    else:
+        records, chosen = RECORDS, ({s.name for s in experiment.settings} if retrain == "all" else set(retrain))
+        for wanted in chosen:
+            experiment.setting(wanted)  # an unknown name is an error that lists the settings
+        if chosen:
+            live = Path(tempfile.mkdtemp(prefix="lesson-retrain-"))
+            for seed in experiment.budget.seeds:
+                for s in experiment.settings:
+                    if s.name in chosen:
+                        print(f"retraining {s.name}, seed {seed} ({experiment.budget.steps} steps)...", flush=True)
+                        train_setting(experiment, s, seed, live, device=device, workdir=live / "runs")
+            records = None
+    runs: dict[str, list[dict]] = {}
+    for s in experiment.settings:
+        for seed in experiment.budget.seeds:
+            if FAST:
+                train_setting(experiment, s, seed, records, device=device, workdir=records / "runs")
+            source = live if (not FAST and s.name in chosen) else records
+            path = record_path(experiment, s, seed, source)
+            if path.exists():
+                runs.setdefault(s.name, []).append(json.loads(path.read_text()))
+    missing = [s.name for s in experiment.settings if s.name not in runs]
+    if missing:
+        print(f"no records yet for {', '.join(missing)}: `python -m lessons.experiments run {name}` trains them "
+              f"(or LESSON_RETRAIN=all here)")
+    return Results(experiment, runs, "trained now" if (FAST or chosen) else "records")
+
+
+# ---- command line -------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lessons.experiments", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("list", "run", "table"))
+    parser.add_argument("experiments", nargs="*", help="experiment names (see list); run --all for every one")
+    parser.add_argument("--all", action="store_true", help="every experiment, in the order list shows")
+    parser.add_argument("--device", default=os.environ.get("LESSON_DEVICE"), help="cpu or cuda (default: the best)")
+    args = parser.parse_args(argv)
+    names = list(EXPERIMENTS) if args.all else args.experiments
+    try:
+        chosen = [get(n) for n in names] if names else [PILOT_EXPERIMENT, *EXPERIMENTS.values()]
+    except ValueError as error:
+        parser.error(str(error))
+    for experiment in chosen:
+        if args.action == "list":
+            done = sum(record_path(experiment, s, seed).exists() for s in experiment.settings
+                       for seed in experiment.budget.seeds)
+            print(f"{experiment.name} (lesson {experiment.lesson}, {experiment.budget.name} budget): "
+                  f"{done}/{len(experiment.settings) * len(experiment.budget.seeds)} runs recorded")
+            for s in experiment.settings:
+                print(f"    {s.name}")
+        elif args.action == "run":
+            run_experiment(experiment, device=args.device)
+        else:
+            results = results_for(experiment.name, retrain=set())
+            print(f"## {experiment.name}\n\n{results.table()}\n\n{results.verdict_table()}\n")
+
+
+if __name__ == "__main__":
+    main()
