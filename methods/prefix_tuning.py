@@ -14,6 +14,19 @@ produced by an MLP from a smaller matrix E [P, H]:
 After training only the product is needed: `eject()` computes it once and drops E and the MLP
 (same outputs, far fewer numbers stored). `--flat` trains the prefix directly.
 
+Encoder–decoders (T5, BART; Li & Liang's summarization runs on BART) have three attentions a prefix
+can enter, and `--placement` picks any of them, each with its own prefix and MLP as in Li & Liang's
+code: the encoder's self-attention, the decoder's self-attention, and cross-attention (P key/value
+columns beside the encoder outputs every decoder token reads). The default is all three (their code,
+and the adapters library's PrefixTuningConfig with encoder_prefix and cross_prefix on). peft places
+a seq2seq prefix in the decoder's self-attention only (peft #1188, #410), which is
+`--placement decoder` here; tests/test_seq2seq_methods.py checks that layout against peft. peft's
+seq2seq prefix also duplicates its [P, 2L x H] prefix for two "submodules" and splits the result
+in fours, so decoder layer j reads the slot made for layer 2j mod L: with an even L (t5-small: 6)
+layers L/2.. reuse the prefixes of layers 0, 2, 4 and half the slots are never read (their gradient
+is zero). Ours gives every layer its own; the tests copy peft's slots across to compare.
+The decoder then writes the label word (methods/shared/text_to_text.py).
+
 Conventions. The prefix enters through the model's `prefix` hook: outputs keep the input's length
 (heads read [CLS] at offset 0), every token sees every prefix column, and real tokens take positions
 P, P+1, ... as with Hugging Face past key/values (and peft), in training and cached generation alike.
@@ -34,6 +47,7 @@ from torch import nn
 from data.batching import table_prompt
 from data.tasks import TASK_SPECS
 from minitransformer import Tokenizer, Transformer, TransformerConfig, generate
+from minitransformer.config import Seq2SeqConfig
 from minitransformer.model import KeyValue
 
 from methods.shared.distributed import say
@@ -41,7 +55,10 @@ from methods.shared.heads import TaskHead, freeze
 from methods.shared.options import option, positive_int
 from methods.shared.pipeline import command_line, output_dir, parse_command_line, run, save_method
 from methods.shared.prompting import choose_head, for_task, read_positions
+from methods.shared.text_to_text import LabelTargets, is_encoder_decoder, label_scores, text_to_text_head
 from methods.shared.training import count_parameters
+
+PLACES = ("encoder", "decoder", "cross")
 
 # An MLP-made prefix needs a small step (peft: majority class at 1e-3); a flat one is a direct prompt.
 DEFAULT_LR = {"mlp": 3e-4, "flat": 1e-2}
@@ -62,10 +79,23 @@ class PrefixTuningConfig:
                                 "ablation of P-tuning v2)")
     template: str | None = option(None, "text template around the input, with the {mask} where a verbalizer "
                                   "reads the label word (default: the task's first, when the head is a verbalizer)")
+    placement: str = option("all", "encoder-decoders (T5, BART): where prefixes go, comma-separated among encoder, "
+                            "decoder, cross (self-attention of each stack, cross-attention), or all; peft's layout "
+                            "is decoder")
 
     @property
     def default_lr(self) -> float:
         return DEFAULT_LR["flat" if self.flat else "mlp"]
+
+
+def parse_places(spec: str) -> list[str]:
+    """The attentions named by --placement: "all" or a comma-separated subset of encoder, decoder, cross."""
+    places = list(PLACES) if spec.strip() == "all" else [p.strip() for p in spec.split(",") if p.strip()]
+    unknown = [p for p in places if p not in PLACES]
+    if unknown or not places:
+        raise ValueError(f"--placement {spec!r}: choose all, or any of {', '.join(PLACES)} separated by commas "
+                         "(e.g. encoder,cross).")
+    return [p for p in PLACES if p in places]
 
 
 def parse_layers(spec: str, num_layers: int) -> list[int] | None:
@@ -94,15 +124,16 @@ class PrefixEncoder(nn.Module):
     serves every row, and attention expands it over the batch (a view, no copy). The flat layout per
     virtual token is [layer0 keys, layer0 values, layer1 keys, ...], each H wide (peft's layout)."""
 
-    def __init__(self, model_config: TransformerConfig, num_virtual_tokens: int, layers: list[int] | None = None,
-                 flat: bool = False, mlp_hidden: int = 512, dropout: float = 0.0):
+    def __init__(self, model_config: TransformerConfig | Seq2SeqConfig, num_virtual_tokens: int,
+                 layers: list[int] | None = None, flat: bool = False, mlp_hidden: int = 512, dropout: float = 0.0,
+                 num_layers: int | None = None):
         super().__init__()
         H, self.num_heads, self.head_dim = model_config.hidden_size, model_config.num_heads, model_config.head_dim
-        self.num_layers = model_config.num_layers
+        self.num_layers = num_layers or model_config.num_layers  # a T5 decoder may have more layers
         self.layers = list(range(self.num_layers)) if layers is None else sorted(set(layers))
         if not self.layers or not all(0 <= i < self.num_layers for i in self.layers):
             raise ValueError(f"Prefix layers {layers} are outside this model's layers 0..{self.num_layers - 1}.")
-        width = 2 * len(self.layers) * H
+        width = 2 * len(self.layers) * self.num_heads * self.head_dim  # T5 v1.1: heads x head_dim != H
         self.embedding = self.mlp = self.flat_prefix = None
         if flat:  # N(0, 1), as nn.Embedding initialises it in peft and the P-tuning v2 code
             self.flat_prefix = nn.Parameter(torch.randn(num_virtual_tokens, width))
@@ -135,6 +166,30 @@ class PrefixEncoder(nn.Module):
             self.flat_prefix = nn.Parameter(flat)
 
 
+class PlacedPrefixes(nn.ModuleDict):
+    """An encoder-decoder's prefixes: one PrefixEncoder (its own E and MLP, or flat prefix) per place.
+    forward() -> {place: per-layer prefixes of that stack}."""
+
+    def __init__(self, config: Seq2SeqConfig, places: list[str], num_virtual_tokens: int, layers_spec: str,
+                 flat: bool, mlp_hidden: int, dropout: float):
+        super().__init__()
+        for place in places:
+            count = config.num_layers if place == "encoder" else config.num_decoder_layers
+            self[place] = PrefixEncoder(config, num_virtual_tokens, parse_layers(layers_spec, count), flat,
+                                        mlp_hidden, dropout, num_layers=count)
+
+    @property
+    def reparameterized(self) -> bool:
+        return any(prefix.reparameterized for prefix in self.values())
+
+    def forward(self) -> dict[str, list[KeyValue | None]]:
+        return {place: prefix() for place, prefix in self.items()}
+
+    def eject(self) -> None:
+        for prefix in self.values():
+            prefix.eject()
+
+
 class PrefixTuning(nn.Module):
     """A frozen backbone with trainable key/value prefixes and a task head.
 
@@ -146,11 +201,21 @@ class PrefixTuning(nn.Module):
         super().__init__()
         freeze(backbone)
         self.backbone, self.tokenizer, self.config = backbone, tokenizer, config
+        self.head: TaskHead | None = None
+        self.template, self.prompt_length = None, 0  # a key/value prefix takes no input positions
+        if is_encoder_decoder(backbone):  # prefixes where --placement says; the decoder writes the label word
+            text_to_text_head(config.head, task_kind)
+            self.prefix = PlacedPrefixes(backbone.config, parse_places(config.placement), config.num_virtual_tokens,
+                                         config.prompt_layers, config.flat, config.mlp_hidden, config.prefix_dropout)
+            self.targets = LabelTargets(tokenizer, verbalizer, num_labels)
+            return
+        if config.placement != "all":
+            raise ValueError(f"--placement {config.placement} is for encoder-decoders (T5, BART); this "
+                             f"{backbone.config.model_type} model has one stack, and its prefixes go in every layer "
+                             "(--prompt-layers chooses which).")
         self.prefix = PrefixEncoder(backbone.config, config.num_virtual_tokens,
                                     parse_layers(config.prompt_layers, backbone.config.num_layers), config.flat,
                                     config.mlp_hidden, config.prefix_dropout)
-        self.head: TaskHead | None = None
-        self.template, self.prompt_length = None, 0  # a key/value prefix takes no input positions
         if task_kind == "generation":  # no head: GPT-2's own LM head scores the next token
             if not backbone.config.is_decoder:
                 raise ValueError("Generation tasks need a decoder such as gpt2 (--model gpt2); this is an encoder.")
@@ -173,6 +238,10 @@ class PrefixTuning(nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         prefix = self.prefix()  # computed once per step, shared by every row of the batch
+        if isinstance(self.prefix, PlacedPrefixes):  # [B, C] label-word log-likelihoods (rank classification)
+            encoded = self.backbone.encode(batch["input_ids"], batch["attention_mask"], prefix=prefix.get("encoder"))
+            return label_scores(self.backbone, self.targets, encoded, batch["attention_mask"], prefix.get("decoder"),
+                                prefix.get("cross"))
         hidden = self.backbone(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), prefix=prefix)
         return self.read(hidden, batch)
 

@@ -33,7 +33,8 @@ from methods.shared.distributed import say
 from methods.shared.heads import TaskHead, freeze
 from methods.shared.options import option, positive_int
 from methods.shared.pipeline import command_line, parse_command_line, run
-from methods.shared.prompting import choose_head, for_task, run_with_prompt, read_positions
+from methods.shared.prompting import choose_head, encode_with_prompt, for_task, read_positions, run_with_prompt
+from methods.shared.text_to_text import LabelTargets, is_encoder_decoder, label_scores, text_to_text_head
 
 INITS = ("random", "vocab", "text", "labels")
 # Prompt vectors are input embeddings: they need steps about 100x those of fine-tuning.
@@ -65,6 +66,8 @@ def word_token_ids(tokenizer: Tokenizer) -> list[int]:
     for token, index in tokenizer.backend.get_vocab().items():
         if tokenizer.is_byte_level:  # byte-level BPE marks a word start with "Ġ" (its leading space)
             token = token[1:] if token.startswith("Ġ") else ""
+        elif tokenizer.is_sentencepiece:  # SentencePiece (T5) marks it with "▁"
+            token = token[1:] if token.startswith("▁") else ""
         if token.isascii() and token.isalpha():
             ids.append(index)
     if not ids:
@@ -130,14 +133,19 @@ class PromptTuning(nn.Module):
             raise ValueError(f"num_virtual_tokens must be at least 1, got {config.num_virtual_tokens}.")
         self.backbone, self.tokenizer, self.config = freeze(backbone), tokenizer, config
         self.virtual_tokens = nn.Parameter(initial_prompt(backbone, tokenizer, config, verbalizer))  # (n, H)
+        self.prompt_length = config.num_virtual_tokens  # positions taken in front of the input
+        self.saved_contents = ("the soft prompt (virtual_tokens) and the task head: everything needed to "
+                               "resume training and to deploy")
+        if is_encoder_decoder(backbone):  # T5 as Lester et al.: the prompt before the encoder's input,
+            text_to_text_head(config.head, task_kind)  # the label word written by the decoder
+            self.head, self.template = None, None
+            self.targets = LabelTargets(tokenizer, verbalizer, num_labels)
+            return
         kind = choose_head(config.head, task_kind, backbone, verbalizer, PREFERS_LABEL_WORDS)
         self.head = TaskHead(backbone, tokenizer, num_labels, kind, verbalizer)
         # The text the batches are built from: a verbalizer reads the template's [MASK] (for_task gives it the
         # task's); without one the input itself must hold the [MASK] (or, on GPT-2, end where the label goes).
         self.template = config.template if kind == "verbalizer" else None
-        self.prompt_length = config.num_virtual_tokens  # positions taken in front of the input
-        self.saved_contents = ("the soft prompt (virtual_tokens) and the task head: everything needed to "
-                               "resume training and to deploy")
 
     @classmethod
     def for_task(cls, backbone: Transformer, tokenizer: Tokenizer, task, config: PromptTuningConfig) -> "PromptTuning":
@@ -146,6 +154,9 @@ class PromptTuning(nn.Module):
         return cls(backbone, tokenizer, len(task.label_names), config, task.kind, task.verbalizer)
 
     def forward(self, batch: dict) -> torch.Tensor:
+        if self.head is None:  # encoder-decoder: [B, C] log-likelihoods of the label words (rank classification)
+            encoded, mask = encode_with_prompt(self.backbone, self.virtual_tokens, batch)
+            return label_scores(self.backbone, self.targets, encoded, mask)
         hidden = run_with_prompt(self.backbone, self.virtual_tokens, batch)  # (B, n+T, H): the input moved n places
         n = self.config.num_virtual_tokens
         if self.head.kind == "token":

@@ -40,7 +40,10 @@ class Tokenizer:
         self.backend.no_truncation()
         self.model_max_length = model_max_length
         # Byte-level BPE (GPT-2, RoBERTa) marks a leading space in its tokens: " great" != "great".
-        self.is_byte_level = "ByteLevel" in json.dumps(json.loads(backend.to_str())["pre_tokenizer"])
+        pre_tokenizer = json.dumps(json.loads(backend.to_str())["pre_tokenizer"])
+        self.is_byte_level = "ByteLevel" in pre_tokenizer
+        # SentencePiece (T5) marks a word start with "▁" instead
+        self.is_sentencepiece = "Metaspace" in pre_tokenizer
         for role, names in SPECIAL_TOKENS.items():
             token = next((n for n in names if backend.token_to_id(n) is not None), None)
             setattr(self, f"{role}_token", token)

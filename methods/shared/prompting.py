@@ -44,6 +44,8 @@ def choose_head(requested: str, task_kind: str, backbone: Transformer, verbalize
 def for_task(config, task, backbone: Transformer, prefers_label_words: bool):
     """`config` with the task's first template filled in where the head will read label words and none was given
     (the verbalizer reads the template's [MASK]; without one there is nowhere to read)."""
+    if getattr(backbone.config, "is_encoder_decoder", False):
+        return config  # text-to-text: the decoder writes the label word, no [MASK] to read
     head = choose_head(config.head, task.kind, backbone, task.verbalizer, prefers_label_words)
     if head == "verbalizer" and config.template is None and task.templates:
         return dataclasses.replace(config, template=task.templates[0])
@@ -77,8 +79,13 @@ def read_positions(head_kind: str, input_ids: torch.Tensor, attention_mask: torc
 
 
 def check_position_budget(backbone: Transformer, prompt_length: int, input_length: int) -> None:
-    """Input-level prompts use up positions: prompt + input must fit the position table."""
-    available = backbone.config.max_positions - backbone.config.position_offset
+    """Input-level prompts use up positions: prompt + input must fit the position table (T5 has none)."""
+    if getattr(backbone.config, "is_encoder_decoder", False):
+        if not backbone.config.max_positions:
+            return
+        available = backbone.config.max_positions
+    else:
+        available = backbone.config.max_positions - backbone.config.position_offset
     if prompt_length + input_length > available:
         room = available - prompt_length
         advice = (f"lower --max-length to at most {room} or use fewer prompt vectors" if room > 0 else
@@ -104,3 +111,14 @@ def run_with_prompt(backbone: Transformer, prompt: torch.Tensor, batch: dict) ->
     if token_type_ids is not None:  # the prompt belongs to the first segment (type 0), as in peft
         token_type_ids = torch.cat([token_type_ids.new_zeros(B, n), token_type_ids], dim=1)
     return backbone(inputs_embeds=inputs_embeds, attention_mask=attention_mask, token_type_ids=token_type_ids)
+
+
+def encode_with_prompt(backbone, prompt: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """An encoder-decoder's encoder on [prompt ; input] (Lester et al.'s T5 prompt tuning): its hidden
+    states (B, n + T, H) and the mask over them, which the decoder's cross-attention reads."""
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+    (B, T), n = input_ids.shape, prompt.shape[0]
+    check_position_budget(backbone, n, T)
+    inputs_embeds = torch.cat([prompt.unsqueeze(0).expand(B, -1, -1), backbone.embed(input_ids)], dim=1)
+    attention_mask = torch.cat([attention_mask.new_ones(B, n), attention_mask], dim=1)
+    return backbone.encode(inputs_embeds=inputs_embeds, attention_mask=attention_mask), attention_mask

@@ -1,0 +1,234 @@
+"""Prompt methods on encoder-decoders (T5, BART) against peft's SEQ_2_SEQ_LM, and where peft differs.
+
+peft represents two of our layouts: prompt tuning (the prompt before the encoder's input) and a
+prefix in the decoder's self-attention (`--placement decoder`). For those, with the parameters
+copied across, the LM logits and the gradients of the LM loss must agree to 1e-5. peft's seq2seq
+prefix also reuses slots (decoder layer j reads the slot peft made for layer 2j mod L), which the
+copy follows and prefix_tuning.py writes down. The cross-attention prefix, which peft has not, is
+checked against transformers' own cross-attention reading prefilled keys and values.
+"""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from tests.test_seq2seq import CONFIGS, VOCAB, padded_batch, reference_model
+
+peft = pytest.importorskip("peft")
+warnings.filterwarnings("ignore")
+
+LABEL_WORDS = ["terrible", "great"]
+
+
+def save_tiny(kind: str, directory, seed: int = 0, layers: int | None = None):
+    """A tiny checkpoint with a word-level tokenizer (the label words in its vocabulary)."""
+    from tokenizers import Tokenizer as Backend, models, pre_tokenizers, processors
+    specials = ["<pad>", "</s>", "<unk>"] if kind.startswith("t5") else ["<s>", "<pad>", "</s>", "<unk>"]
+    words = specials + LABEL_WORDS + [f"w{i}" for i in range(VOCAB - len(specials) - 2)]
+    backend = Backend(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    eos = words.index("</s>")
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A </s>" if kind.startswith("t5") else "<s> $A </s>",
+        special_tokens=[("</s>", eos)] + ([] if kind.startswith("t5") else [("<s>", 0)]))
+    backend.save(str(directory / "tokenizer.json"))
+    reference = reference_model(kind, seed)
+    if layers is not None:  # another depth: T5 with L decoder layers too
+        import transformers
+        torch.manual_seed(seed)
+        config = CONFIGS[kind]()
+        config.num_layers, config.num_decoder_layers = layers, layers
+        reference = transformers.T5ForConditionalGeneration(config).eval()
+    reference.save_pretrained(directory)
+    return reference
+
+
+def lm_logits_of(backbone, encoded, mask, decoder_ids, decoder_mask, decoder_prefix=None, cross_prefix=None):
+    memory = backbone.memory(encoded, mask, cross_prefix)
+    return backbone.lm_logits(backbone.decode(decoder_ids, memory, decoder_mask, decoder_prefix))
+
+
+def loss_of(logits, decoder_ids, decoder_mask):
+    labels = decoder_ids.masked_fill(decoder_mask == 0, -100)
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+@pytest.mark.parametrize("kind", ["t5", "bart"])
+def test_prompt_tuning_matches_peft_seq2seq_logits_and_gradients(kind, tmp_path):
+    from minitransformer import load_pretrained
+    from methods.prompt_tuning import PromptTuning, PromptTuningConfig
+    from methods.shared.prompting import encode_with_prompt
+    reference = save_tiny(kind, tmp_path)
+    backbone, tokenizer = load_pretrained(str(tmp_path))
+    ours = PromptTuning(backbone, tokenizer, 2, PromptTuningConfig(num_virtual_tokens=4, init="random"),
+                        verbalizer=LABEL_WORDS)
+    theirs = peft.get_peft_model(reference, peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4))
+    with torch.no_grad():
+        theirs.prompt_encoder["default"].embedding.weight[:4] = ours.virtual_tokens
+    ids, mask, decoder_ids, decoder_mask = padded_batch()
+    batch = {"input_ids": ids, "attention_mask": mask}
+    encoded, extended = encode_with_prompt(backbone, ours.virtual_tokens, batch)
+    mine = lm_logits_of(backbone, encoded, extended, decoder_ids, decoder_mask)
+    out = theirs(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids,
+                 decoder_attention_mask=decoder_mask)
+    real = decoder_mask.bool()
+    torch.testing.assert_close(mine[real], out.logits[real], atol=1e-5, rtol=1e-5)
+    loss_of(mine, decoder_ids, decoder_mask).backward()
+    loss_of(out.logits, decoder_ids, decoder_mask).backward()
+    torch.testing.assert_close(ours.virtual_tokens.grad, theirs.prompt_encoder["default"].embedding.weight.grad[:4],
+                               atol=1e-5, rtol=1e-5)
+
+
+def peft_slot(layer: int, num_layers: int) -> int:
+    """The prefix slot peft's seq2seq prefix tuning gives decoder layer `layer` (see prefix_tuning.py)."""
+    return 2 * layer % num_layers
+
+
+@pytest.mark.parametrize("kind,layers,flat", [("t5", 2, True), ("t5", 3, True), ("t5", 2, False), ("bart", None, True),
+                                              ("bart", None, False)])
+def test_a_decoder_prefix_matches_peft_seq2seq_prefix_tuning(kind, layers, flat, tmp_path):
+    from minitransformer import load_pretrained
+    from methods.prefix_tuning import PrefixTuning, PrefixTuningConfig
+    reference = save_tiny(kind, tmp_path, layers=layers)
+    backbone, tokenizer = load_pretrained(str(tmp_path))
+    L, P, H = backbone.config.num_decoder_layers, 3, backbone.config.hidden_size
+    torch.manual_seed(1)
+    ours = PrefixTuning(backbone, tokenizer, 2, PrefixTuningConfig(num_virtual_tokens=P, placement="decoder", flat=flat,
+                                                                   mlp_hidden=16), verbalizer=LABEL_WORDS)
+    theirs = peft.get_peft_model(reference, peft.PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=P,
+                                                                     prefix_projection=not flat, encoder_hidden_size=16))
+    encoder = theirs.prompt_encoder["default"]
+    mine = ours.prefix["decoder"]
+    slots = [peft_slot(j, L) for j in range(L)]
+    rows = torch.cat([torch.arange(2 * s * H, 2 * (s + 1) * H) for s in slots])  # our layer j <- their slot 2j mod L
+    with torch.no_grad():
+        if flat:
+            mine.flat_prefix.copy_(encoder.embedding.weight[:P][:, rows])
+        else:
+            mine.embedding.copy_(encoder.embedding.weight[:P])
+            mine.mlp[0].weight.copy_(encoder.transform[0].weight), mine.mlp[0].bias.copy_(encoder.transform[0].bias)
+            mine.mlp[2].weight.copy_(encoder.transform[2].weight[rows]), mine.mlp[2].bias.copy_(encoder.transform[2].bias[rows])
+    theirs.eval(), ours.eval()
+    ids, mask, decoder_ids, decoder_mask = padded_batch()
+    encoded = backbone.encode(ids, mask)
+    mine_logits = lm_logits_of(backbone, encoded, mask, decoder_ids, decoder_mask, decoder_prefix=ours.prefix()["decoder"])
+    out = theirs(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids, decoder_attention_mask=decoder_mask)
+    real = decoder_mask.bool()
+    torch.testing.assert_close(mine_logits[real], out.logits[real], atol=1e-5, rtol=1e-5)
+    loss_of(mine_logits, decoder_ids, decoder_mask).backward()
+    loss_of(out.logits, decoder_ids, decoder_mask).backward()
+    if flat:  # their slot s collects the gradient of every layer that reads it; unread slots get none
+        expected = torch.zeros_like(encoder.embedding.weight.grad[:P])
+        expected.index_add_(1, rows, mine.flat_prefix.grad)
+        torch.testing.assert_close(encoder.embedding.weight.grad[:P], expected,
+                                   atol=1e-5, rtol=1e-5)
+        assert (L % 2 == 1) == bool((expected.view(P, L, -1).abs().sum((0, 2)) > 0).all())  # even L: slots unread
+    else:
+        torch.testing.assert_close(mine.embedding.grad, encoder.embedding.weight.grad[:P], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(mine.mlp[0].weight.grad, encoder.transform[0].weight.grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["t5", "bart"])
+def test_a_cross_prefix_is_what_transformers_computes_from_prefilled_cross_attention_keys(kind, tmp_path):
+    """transformers' own cross-attention, handed [prefix ; K(encoder)] and [prefix ; V(encoder)] through its
+    cache (and a mask with ones for the prefix), gives the logits of our cross prefix."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+    from minitransformer import load_pretrained
+    reference = save_tiny(kind, tmp_path)
+    backbone, _ = load_pretrained(str(tmp_path))
+    c = backbone.config
+    P, g = 3, torch.Generator().manual_seed(5)
+    prefix = [(torch.randn(1, c.num_heads, P, c.head_dim, generator=g), torch.randn(1, c.num_heads, P, c.head_dim,
+                                                                                   generator=g))
+              for _ in range(c.num_decoder_layers)]
+    ids, mask, decoder_ids, decoder_mask = padded_batch()
+    B = ids.shape[0]
+    with torch.no_grad():
+        encoded = backbone.encode(ids, mask)
+        mine = lm_logits_of(backbone, encoded, mask, decoder_ids, decoder_mask, cross_prefix=prefix)
+        memory = backbone.memory(encoded, mask, prefix)  # (k, v) per layer, prefix first
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        for i, (k, v) in enumerate(memory.keys_values):
+            cache.cross_attention_cache.update(k, v, i)
+            cache.is_updated[i] = True
+        their_encoder = reference.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        out = reference(encoder_outputs=(their_encoder,), attention_mask=torch.cat([torch.ones(B, P, dtype=mask.dtype),
+                                                                                    mask], 1),
+                        decoder_input_ids=decoder_ids, decoder_attention_mask=decoder_mask, past_key_values=cache,
+                        use_cache=True)
+    real = decoder_mask.bool()
+    torch.testing.assert_close(mine[real], out.logits[real], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind,method", [("t5", "prompt_tuning"), ("bart", "prompt_tuning"), ("t5", "prefix_tuning")])
+def test_export_peft_writes_a_seq2seq_adapter_that_peft_loads_with_our_logits(kind, method, tmp_path):
+    from minitransformer import load_pretrained
+    from methods.export_peft import NotExportableError, export_peft
+    from methods.prefix_tuning import PrefixTuning, PrefixTuningConfig
+    from methods.prompt_tuning import PromptTuning, PromptTuningConfig
+    from methods.shared.prompting import encode_with_prompt
+    base = tmp_path / "base"
+    base.mkdir()
+    reference = save_tiny(kind, base, layers=3 if method == "prefix_tuning" else None)  # odd L: every slot is read
+    backbone, tokenizer = load_pretrained(str(base))
+    torch.manual_seed(2)
+    ids, mask, decoder_ids, decoder_mask = padded_batch()
+    if method == "prompt_tuning":
+        ours = PromptTuning(backbone, tokenizer, 2, PromptTuningConfig(num_virtual_tokens=4, init="random"),
+                            verbalizer=LABEL_WORDS)
+        encoded, extended = encode_with_prompt(backbone, ours.virtual_tokens, {"input_ids": ids, "attention_mask": mask})
+        mine = lm_logits_of(backbone, encoded, extended, decoder_ids, decoder_mask)
+    else:
+        with pytest.raises(NotExportableError, match="--placement decoder"):
+            export_peft(PrefixTuning(backbone, tokenizer, 2, PrefixTuningConfig(num_virtual_tokens=3),
+                                     verbalizer=LABEL_WORDS), tmp_path / "refused", str(base))
+        ours = PrefixTuning(backbone, tokenizer, 2, PrefixTuningConfig(num_virtual_tokens=3, placement="decoder",
+                                                                       mlp_hidden=16), verbalizer=LABEL_WORDS)
+        mine = lm_logits_of(backbone, backbone.encode(ids, mask), mask, decoder_ids, decoder_mask,
+                            decoder_prefix=ours.prefix()["decoder"])
+    export_peft(ours.eval(), tmp_path / "export", str(base))
+    loaded = peft.PeftModel.from_pretrained(reference, str(tmp_path / "export")).eval()
+    with torch.no_grad():
+        out = loaded(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids,
+                     decoder_attention_mask=decoder_mask)
+    real = decoder_mask.bool()
+    torch.testing.assert_close(mine.detach()[real], out.logits[real], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning", "p_tuning_v2"])
+def test_the_run_pipeline_trains_text_to_text_on_t5_and_saves_what_load_method_reads(method, tmp_path):
+    """The methods' command-line path on a tiny T5 (a vocabulary of the built-in set's words): the loss
+    falls, the record says so, and the saved method reloads with the same label scores."""
+    from tokenizers import Tokenizer as Backend, models, pre_tokenizers, processors
+    from data import load_task
+    from methods import registry
+    from methods.shared.pipeline import RunOptions, load_method, run
+    import transformers
+    task = load_task("builtin_sentiment")
+    words = sorted({w for e in task.splits["train"] + task.splits["dev"] for w in e.text.lower().split()}
+                   | set(task.verbalizer))
+    vocabulary = ["<pad>", "</s>", "<unk>"] + words
+    backend = Backend(models.WordLevel({w: i for i, w in enumerate(vocabulary)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.normalizer = __import__("tokenizers").normalizers.Lowercase()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    base = tmp_path / "t5"
+    base.mkdir()
+    backend.save(str(base / "tokenizer.json"))
+    torch.manual_seed(0)
+    transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=len(vocabulary), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        decoder_start_token_id=0, dropout_rate=0.0)).save_pretrained(base)
+    config = registry.get(method).config_class(num_virtual_tokens=4)
+    options = RunOptions(model=str(base), task="builtin_sentiment", max_steps=24, epochs=5, batch_size=16,
+                         lr=3e-2, eval_every=12, max_length=32, out=str(tmp_path / "run"), progress=False,
+                         skip_test=True)
+    model, record = run(config, options)
+    losses = [h["loss"] for h in record.history]
+    assert record.outcome == "finished" and record.steps == 24 and losses[-1] < losses[0], losses
+    reloaded, _ = load_method(tmp_path / "run")
+    batch = reloaded.tokenizer.encode(["a great , moving film", "dull and tedious"])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(batch), model.eval()(batch))
