@@ -45,6 +45,7 @@ from minitransformer.model import ACTIVATIONS
 from methods.fine_tuning import FineTuning, FineTuningConfig
 from methods.shared.options import option, positive_int
 from methods.shared.pipeline import command_line, parse_command_line, run
+from methods.shared.text_to_text import blocks
 
 KINDS = ("houlsby", "adapterbias")
 DEFAULT_LR = {"houlsby": 1e-3, "adapterbias": 3e-3}
@@ -116,12 +117,13 @@ class Adapters(FineTuning):
 
     def __init__(self, backbone: Transformer, tokenizer: Tokenizer, num_labels: int, config: AdapterConfig,
                  task_kind: str = "classification", verbalizer: list[str] | None = None):
-        super().__init__(backbone, tokenizer, num_labels, FineTuningConfig(mode="head"), task_kind)
+        super().__init__(backbone, tokenizer, num_labels, FineTuningConfig(mode="head"), task_kind,
+                         verbalizer)
         if config.kind not in KINDS:
             raise ValueError(f"Unknown adapter kind {config.kind!r}; choose one of {', '.join(KINDS)}.")
         self.config = config
         H = backbone.config.hidden_size
-        for layer in backbone.layers:
+        for layer in blocks(backbone):  # T5 / BART: the encoder's and the decoder's blocks
             if not (isinstance(layer.attention_adapter, nn.Identity) and isinstance(layer.mlp_adapter, nn.Identity)):
                 raise ValueError("This backbone already holds adapters: build adapters on a freshly loaded backbone.")
             if config.kind == "houlsby":
@@ -131,7 +133,7 @@ class Adapters(FineTuning):
                 layer.mlp_adapter = AdapterBiasShift(H)
         if config.train_layer_norms:
             for name, module in backbone.named_modules():
-                if isinstance(module, nn.LayerNorm) and not name.startswith("mlm_head"):
+                if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and not name.startswith("mlm_head"):
                     module.requires_grad_(True)
         what = "bottleneck adapters" if config.kind == "houlsby" else "AdapterBias vectors and alpha layers"
         self.saved_contents = (f"the {what}, " + ("the LayerNorm gains and biases, " if config.train_layer_norms

@@ -51,9 +51,13 @@ class BitFit(FineTuning):
 
     def __init__(self, backbone: Transformer, tokenizer: Tokenizer, num_labels: int, config: BitFitConfig,
                  task_kind: str = "classification", verbalizer: list[str] | None = None):
-        super().__init__(backbone, tokenizer, num_labels, FineTuningConfig(mode="head", head=config.head), task_kind)
+        super().__init__(backbone, tokenizer, num_labels, FineTuningConfig(mode="head", head=config.head),
+                         task_kind, verbalizer)
         self.config = config
         parameters = dict(backbone.named_parameters())
+        if not bias_names(backbone):
+            raise ValueError(f"This {backbone.config.model_type} model has no biases (T5 has none), so BitFit has "
+                             "nothing to train: use BART, an encoder, or another method (lora, adapters).")
         for name in bias_names(backbone):
             parameters[name].requires_grad_(True)
         self.saved_contents = "every bias of the backbone (all else is the pretrained checkpoint) and the task head"

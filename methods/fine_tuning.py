@@ -21,6 +21,7 @@ from methods.shared.heads import TaskHead, freeze
 from methods.shared.options import option
 from methods.shared.pipeline import command_line, parse_command_line, run
 from methods.shared.prompting import choose_head, read_positions
+from methods.shared.text_to_text import LabelTargets, is_encoder_decoder, label_scores, text_to_text_head
 
 MODES = ("full", "head", "top-k")
 # A frozen body needs a much larger step on the few weights that do train.
@@ -51,20 +52,30 @@ class FineTuning(nn.Module):
         super().__init__()
         if config.mode not in MODES:
             raise ValueError(f"Unknown mode {config.mode!r}; choose one of {', '.join(MODES)}.")
-        n_layers = backbone.config.num_layers
+        seq2seq = is_encoder_decoder(backbone)
+        n_layers = backbone.config.num_decoder_layers if seq2seq else backbone.config.num_layers
         if config.mode == "top-k" and not 1 <= config.top_layers <= n_layers:
             raise ValueError(f"--top-layers must be between 1 and {n_layers} for this model, got {config.top_layers}.")
         self.backbone, self.config, self.mask_id = backbone, config, tokenizer.mask_id
         self.template, self.prompt_length = None, 0  # the plain input, nothing in front of it
-        kind = choose_head(config.head, task_kind, backbone, verbalizer, prefers_label_words=False)
-        self.head = TaskHead(backbone, tokenizer, num_labels, kind, verbalizer)
+        if seq2seq:  # text-to-text: the decoder writes the label word with the model's own LM head
+            text_to_text_head("auto" if config.head == "classifier" else config.head, task_kind)
+            if config.mode == "head" and type(self) is FineTuning:
+                raise ValueError("On an encoder-decoder the model's own LM head writes the label word, so there is "
+                                 "no new head to train alone: use --mode full, or --mode top-k (the top decoder "
+                                 "layers).")
+            self.head, self.targets = None, LabelTargets(tokenizer, verbalizer, num_labels)
+        else:
+            kind = choose_head(config.head, task_kind, backbone, verbalizer, prefers_label_words=False)
+            self.head = TaskHead(backbone, tokenizer, num_labels, kind, verbalizer)
         if config.mode != "full":
             freeze(backbone)
         if config.mode == "top-k":
-            for layer in backbone.layers[n_layers - config.top_layers:]:
+            stack = backbone.decoder if seq2seq else backbone
+            for layer in stack.layers[n_layers - config.top_layers:]:
                 layer.requires_grad_(True)
-            if backbone.final_norm is not None:  # GPT-2's last norm sits above the top layer
-                backbone.final_norm.requires_grad_(True)
+            if stack.final_norm is not None:  # GPT-2's (and T5's) last norm sits above the top layer
+                stack.final_norm.requires_grad_(True)
         self.saved_contents = ("every parameter" if config.mode == "full" else "the trained layers and the task head"
                                if config.mode == "top-k" else "the task head") + " (the trainable parameters)"
 
@@ -74,6 +85,9 @@ class FineTuning(nn.Module):
         return cls(backbone, tokenizer, len(task.label_names), config, task.kind, task.verbalizer)
 
     def forward(self, batch: dict):
+        if self.head is None:  # encoder-decoder: [B, C] label-word log-likelihoods (rank classification)
+            encoded = self.backbone.encode(batch["input_ids"], batch["attention_mask"])
+            return label_scores(self.backbone, self.targets, encoded, batch["attention_mask"])
         hidden = self.backbone(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
         if self.head.kind == "token":
             return self.head(hidden)

@@ -32,6 +32,7 @@ from minitransformer import Tokenizer, Transformer
 from methods.fine_tuning import FineTuning, FineTuningConfig
 from methods.shared.options import option
 from methods.shared.pipeline import command_line, parse_command_line, run
+from methods.shared.text_to_text import blocks
 
 # Projection name -> where it lives inside a Block (`model.layers[i].<path>`).
 TARGETS = {"query": "attention.query", "key": "attention.key", "value": "attention.value",
@@ -122,19 +123,24 @@ class LoRA(FineTuning):
 
     def __init__(self, backbone: Transformer, tokenizer: Tokenizer, num_labels: int, config: LoRAConfig,
                  task_kind: str = "classification", verbalizer: list[str] | None = None):
-        super().__init__(backbone, tokenizer, num_labels, FineTuningConfig(mode="head"), task_kind)
+        super().__init__(backbone, tokenizer, num_labels, FineTuningConfig(mode="head"), task_kind,
+                         verbalizer)
         unknown = [t for t in config.targets if t not in TARGETS]
         if unknown or not config.targets:
             raise ValueError(f"Unknown LoRA targets {unknown or '(none given)'}; choose from {', '.join(TARGETS)}.")
         self.config = config
-        for layer in backbone.layers:
+        for layer in blocks(backbone):  # T5 / BART: both stacks, and the decoder's cross-attention as well
             for target in config.targets:
-                parent_path, _, name = TARGETS[target].rpartition(".")
-                parent = layer.get_submodule(parent_path)
-                linear = getattr(parent, name)
-                if isinstance(linear, LoRALinear):
-                    raise ValueError(f"{TARGETS[target]} already has LoRA: build LoRA on a freshly loaded backbone.")
-                setattr(parent, name, LoRALinear(linear, config.rank, config.alpha, config.dropout))
+                paths = [TARGETS[target]]
+                if getattr(layer, "cross_attention", None) is not None and TARGETS[target].startswith("attention."):
+                    paths.append("cross_" + TARGETS[target])
+                for path in paths:
+                    parent_path, _, name = path.rpartition(".")
+                    parent = layer.get_submodule(parent_path)
+                    linear = getattr(parent, name)
+                    if isinstance(linear, LoRALinear):
+                        raise ValueError(f"{path} already has LoRA: build LoRA on a freshly loaded backbone.")
+                    setattr(parent, name, LoRALinear(linear, config.rank, config.alpha, config.dropout))
         self.saved_contents = ("LoRA matrices lora_A and lora_B of each adapted projection and the task head; "
                                "the backbone is not saved")
 

@@ -23,9 +23,10 @@ Conventions, as in model.py and tested against Hugging Face transformers:
 * A self-attention prefix of length P counts as P earlier positions (Hugging Face's past key/values):
   the tokens take positions P, P+1, ... for BART's learned positions and T5's relative buckets alike;
   cross-attention has no positions (T5's bias there is zero; BART has none).
-* Outputs at padding positions are whatever the padded computation gives (as in transformers);
-  nothing should read them. Decoder inputs are right-padded; encoder inputs are right-padded too
-  (BART numbers positions straight through the padding, as transformers does).
+* Outputs at padding positions are zeros (the blocks skip the padding, as model.py's `Padding`
+  does; transformers computes numbers there that nothing should read). Decoder inputs are
+  right-padded; encoder inputs are right-padded too (BART numbers positions straight through the
+  padding, as transformers does).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import Seq2SeqConfig
-from .model import ACTIVATIONS, Dropout, GrowingKeyValue, KeyValue
+from .model import ACTIVATIONS, Dropout, GrowingKeyValue, KeyValue, Padding
 
 
 def relative_position_bucket(relative: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int
@@ -79,33 +80,41 @@ class Attention(nn.Module):
         self.value = nn.Linear(config.hidden_size, inner, bias=bias)
         self.output = nn.Linear(inner, config.hidden_size, bias=bias)
         self.scale = 1.0 if config.is_t5 else config.head_dim ** -0.5
-        self.dropout_p = config.attention_dropout
+        self.dropout = Dropout(config.attention_dropout, config.fast)  # on the attention weights
+        self.fast = config.fast
 
-    def split(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+    def split(self, x: torch.Tensor, padding: Padding) -> torch.Tensor:
+        """[N, inner] (the real tokens) -> (B, nh, T, hd), zeros at the padding."""
+        return padding.pad(x).view(padding.B, padding.T, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def keys_values(self, source: torch.Tensor) -> KeyValue:
-        return self.split(self.key(source)), self.split(self.value(source))
+    def keys_values(self, source: torch.Tensor, padding: Padding) -> KeyValue:
+        return self.split(self.key(source), padding), self.split(self.value(source), padding)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, prefix: KeyValue | None = None,
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, padding: Padding, prefix: KeyValue | None = None,
                 keys_values: KeyValue | None = None) -> tuple[torch.Tensor, KeyValue]:
-        """x [B, T, H]; `bias` [B or 1, nh or 1, T, keys] is added to the scores (mask and positions).
-        Self-attention: keys and values from x, after the prefix (or appended to a generation cache).
-        Cross-attention: `keys_values`, computed once from the encoder's output."""
-        B, T, _ = x.shape
-        q = self.split(self.query(x))
+        """x: the real tokens [N, H] (see model.Padding); `bias` [B or 1, nh or 1, T, keys] is added to the
+        scores (mask and positions). Self-attention: keys and values from x, after the prefix (or appended
+        to a generation cache). Cross-attention: `keys_values`, computed once from the encoder's output."""
+        B, T = padding.B, padding.T
+        q = self.split(self.query(x), padding)
         if keys_values is not None:
             k, v = keys_values
         else:
-            k, v = self.keys_values(x)
+            k, v = self.keys_values(x, padding)
             if isinstance(prefix, GrowingKeyValue):
                 k, v = prefix.append(k, v)
             elif prefix is not None:
                 k = torch.cat([prefix[0].expand(B, -1, -1, -1).to(k.dtype), k], dim=2)
                 v = torch.cat([prefix[1].expand(B, -1, -1, -1).to(v.dtype), v], dim=2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype),
-                                           dropout_p=self.dropout_p if self.training else 0.0, scale=self.scale)
-        return self.output(y.transpose(1, 2).reshape(B, T, -1)), (k, v)
+        bias = None if bias is None else bias.to(q.dtype)
+        if self.fast and self.training and self.dropout.p > 0 and q.device.type == "cpu":
+            # as in model.Attention: SDPA would drop attention weights with the slow draw; the same math by hand
+            scores = q @ k.transpose(-2, -1) * self.scale
+            y = self.dropout((scores if bias is None else scores + bias).softmax(-1)) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale,
+                                               dropout_p=self.dropout.p if self.training else 0.0)
+        return self.output(padding.unpad(y.transpose(1, 2).reshape(B, T, -1))), (k, v)
 
 
 class FeedForward(nn.Module):
@@ -155,12 +164,12 @@ class Block(nn.Module):
             return x + adapter(self.dropout(sublayer(layer_norm(x))))
         return layer_norm(x + adapter(self.dropout(sublayer(x))))
 
-    def forward(self, x, bias, prefix=None, memory: KeyValue | None = None, memory_bias=None):
+    def forward(self, x, bias, padding, prefix=None, memory: KeyValue | None = None, memory_bias=None):
         kept = []
-        attend = lambda h: kept.append(self.attention(h, bias, prefix)) or kept[0][0]
+        attend = lambda h: kept.append(self.attention(h, bias, padding, prefix)) or kept[0][0]
         x = self.residual(x, self.attention_norm, attend, self.attention_adapter)
         if self.cross_attention is not None:
-            cross = lambda h: self.cross_attention(h, memory_bias, keys_values=memory)[0]
+            cross = lambda h: self.cross_attention(h, memory_bias, padding, keys_values=memory)[0]
             x = self.residual(x, self.cross_norm, cross, self.cross_adapter)
         return self.residual(x, self.mlp_norm, self.mlp, self.mlp_adapter), kept[0][1]
 
@@ -215,13 +224,17 @@ class Stack(nn.Module):
         bias = hide(allowed, x.dtype)
         if self.relative_attention_bias is not None:
             bias = bias + self.position_bias(T, P, x.device)
-        x = self.dropout(x)
+        # fast: the blocks carry the N real tokens [N, H], re-padded inside attention (model.Padding)
+        padding = Padding(attention_mask if self.config.fast else None, B, T)
+        x = self.dropout(padding.unpad(x))
         cache = []
         for i, (layer, layer_prefix, length) in enumerate(zip(self.layers, prefix, lengths)):
-            x, kv = layer(x, bias[..., P - length:], layer_prefix, None if memory is None else memory[i], memory_bias)
+            x, kv = layer(x, bias[..., P - length:], padding, layer_prefix, None if memory is None else memory[i],
+                          memory_bias)
             cache.append(kv)
         if self.final_norm is not None:
             x = self.dropout(self.final_norm(x))
+        x = padding.pad(x)  # (B, T, H), zeros at the padding
         return (x, cache) if return_cache else x
 
 
@@ -269,9 +282,9 @@ class EncoderDecoder(nn.Module):
         if len(cross_prefix) != len(layers):
             raise ValueError(f"cross_prefix has {len(cross_prefix)} entries; the decoder has {len(layers)} layers.")
         P = max((0 if p is None else p[0].shape[2]) for p in cross_prefix)
-        keys_values = []
+        keys_values, whole = [], Padding(None, B, S)
         for layer, prefix in zip(layers, cross_prefix):
-            k, v = layer.cross_attention.keys_values(encoder_hidden)
+            k, v = layer.cross_attention.keys_values(encoder_hidden.reshape(B * S, -1), whole)
             if prefix is not None:
                 k = torch.cat([prefix[0].expand(B, -1, -1, -1).to(k.dtype), k], dim=2)
                 v = torch.cat([prefix[1].expand(B, -1, -1, -1).to(v.dtype), v], dim=2)

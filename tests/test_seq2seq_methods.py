@@ -197,7 +197,12 @@ def test_export_peft_writes_a_seq2seq_adapter_that_peft_loads_with_our_logits(ki
     torch.testing.assert_close(mine.detach()[real], out.logits[real], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning", "p_tuning_v2"])
+PIPELINE_METHODS = {"prompt_tuning": {"num_virtual_tokens": 4}, "prefix_tuning": {"num_virtual_tokens": 4},
+                    "p_tuning_v2": {"num_virtual_tokens": 4, "placement": "encoder,cross"}, "lora": {},
+                    "adapters": {}, "fine_tuning": {"mode": "full"}}
+
+
+@pytest.mark.parametrize("method", list(PIPELINE_METHODS))
 def test_the_run_pipeline_trains_text_to_text_on_t5_and_saves_what_load_method_reads(method, tmp_path):
     """The methods' command-line path on a tiny T5 (a vocabulary of the built-in set's words): the loss
     falls, the record says so, and the saved method reloads with the same label scores."""
@@ -221,14 +226,31 @@ def test_the_run_pipeline_trains_text_to_text_on_t5_and_saves_what_load_method_r
     transformers.T5ForConditionalGeneration(transformers.T5Config(
         vocab_size=len(vocabulary), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
         decoder_start_token_id=0, dropout_rate=0.0)).save_pretrained(base)
-    config = registry.get(method).config_class(num_virtual_tokens=4)
+    config = registry.get(method).config_class(**PIPELINE_METHODS[method])
     options = RunOptions(model=str(base), task="builtin_sentiment", max_steps=24, epochs=5, batch_size=16,
-                         lr=3e-2, eval_every=12, max_length=32, out=str(tmp_path / "run"), progress=False,
+                         lr=3e-3 if method == "fine_tuning" else 3e-2, eval_every=12, max_length=32, out=str(tmp_path / "run"), progress=False,
                          skip_test=True)
     model, record = run(config, options)
     losses = [h["loss"] for h in record.history]
     assert record.outcome == "finished" and record.steps == 24 and losses[-1] < losses[0], losses
-    reloaded, _ = load_method(tmp_path / "run")
-    batch = reloaded.tokenizer.encode(["a great , moving film", "dull and tedious"])
+    reloaded, tokenizer = load_method(tmp_path / "run")
+    batch = tokenizer.encode(["a great , moving film", "dull and tedious"])
     with torch.no_grad():
         torch.testing.assert_close(reloaded.eval()(batch), model.eval()(batch))
+
+
+def test_methods_that_do_not_apply_to_an_encoder_decoder_say_why(tmp_path):
+    from minitransformer import load_pretrained
+    from methods.bitfit import BitFit, BitFitConfig
+    from methods.fine_tuning import FineTuning, FineTuningConfig
+    from methods.prefix_tuning import PrefixTuning, PrefixTuningConfig
+    save_tiny("t5", tmp_path)
+    backbone, tokenizer = load_pretrained(str(tmp_path))
+    with pytest.raises(ValueError, match="T5 has none"):
+        BitFit(backbone, tokenizer, 2, BitFitConfig(), verbalizer=LABEL_WORDS)
+    with pytest.raises(ValueError, match="no new head to train alone"):
+        FineTuning(backbone, tokenizer, 2, FineTuningConfig(mode="head"), verbalizer=LABEL_WORDS)
+    with pytest.raises(ValueError, match="--placement 'encoder,self'"):
+        PrefixTuning(backbone, tokenizer, 2, PrefixTuningConfig(placement="encoder,self"), verbalizer=LABEL_WORDS)
+    with pytest.raises(ValueError, match="one label word per label"):
+        PrefixTuning(backbone, tokenizer, 2, PrefixTuningConfig(), verbalizer=None)

@@ -79,3 +79,10 @@ def text_to_text_head(requested: str, task_kind: str) -> None:
     if requested not in ("auto", "verbalizer"):
         raise ValueError(f"--head {requested}: on an encoder-decoder the decoder writes the label word (text-to-text, "
                          "scored by rank classification); leave --head at auto.")
+
+
+def blocks(backbone) -> list[nn.Module]:
+    """Every block a method may adapt: the layers of a one-stack model, or the encoder's then the decoder's."""
+    if is_encoder_decoder(backbone):
+        return list(backbone.encoder.layers) + list(backbone.decoder.layers)
+    return list(backbone.layers)
