@@ -6,6 +6,8 @@ and scores each label y by the masked-LM logit of its label word v(y) (the verba
     p(y | x) = softmax_y  s( v(y) | T(x) ),   s = the LM's logit of a word at the slot
 
 GPT-2 has no [MASK]: the prompt stops before the slot and v(y) is scored as the *next* token.
+An encoder-decoder (T5, FLAN-T5, BART) reads the prompt up to the slot (an instruction, for
+FLAN-T5) and its decoder scores each label word as the whole answer (methods/shared/text_to_text.py).
 No weight changes, so this is zero-shot classification. Four variants (--mode):
 
 * zero-shot:     the template and verbalizer alone.
@@ -40,6 +42,7 @@ from methods.shared.pipeline import (Loaded, RunOptions, RunRecord, command_line
                                      parse_command_line, run, summary_record, usage_error, write_record)
 from methods.shared.plots import plot_template_scores
 from methods.shared.prompting import read_positions
+from methods.shared.text_to_text import LabelTargets, is_encoder_decoder, label_scores
 from methods.shared.training import evaluate
 
 MODES = ("zero-shot", "icl", "sensitivity", "template-head")
@@ -88,6 +91,15 @@ class HardPrompt(nn.Module):
         self.backbone, self.config, self.template = freeze(backbone), config, config.templates[0]
         self.is_decoder, self.mask_id, self.prompt_length = backbone.config.is_decoder, tokenizer.mask_id, 0
         self.read = config.read if config.mode == "template-head" else None
+        self.seq2seq = is_encoder_decoder(backbone)
+        self.saved_contents = f"the linear head (read={self.read}), if any; the template is in method.json"
+        if self.seq2seq:  # the encoder reads the prompt up to the slot, the decoder scores each label word
+            if self.read is not None:
+                raise ValueError("--mode template-head trains a head on an encoder's hidden state; an encoder-decoder "
+                                 "has an LM head that scores the label words directly: use zero-shot, icl or "
+                                 "sensitivity.")
+            self.head, self.targets = None, LabelTargets(tokenizer, config.verbalizer or verbalizer, num_labels)
+            return
         if self.read is None:
             self.head = TaskHead(backbone, tokenizer, num_labels, "verbalizer", config.verbalizer or verbalizer)
         elif self.read == "cls":  # the same head as fine_tuning's head-only probe: only the template differs
@@ -96,7 +108,6 @@ class HardPrompt(nn.Module):
             self.dropout, self.linear = nn.Dropout(0.1), nn.Linear(backbone.config.hidden_size, num_labels)
             nn.init.normal_(self.linear.weight, std=0.02)
             nn.init.zeros_(self.linear.bias)
-        self.saved_contents = f"the linear head (read={self.read}), if any; the template is in method.json"
 
     @classmethod
     def for_task(cls, backbone: Transformer, tokenizer: Tokenizer, task, config: HardPromptConfig) -> "HardPrompt":
@@ -105,6 +116,9 @@ class HardPrompt(nn.Module):
         return cls(backbone, tokenizer, len(task.label_names), config, task.kind, task.verbalizer)
 
     def forward(self, batch: dict) -> torch.Tensor:
+        if self.seq2seq:  # [B, C]: each label word's log-likelihood as the decoder's answer
+            encoded = self.backbone.encode(batch["input_ids"], batch["attention_mask"])
+            return label_scores(self.backbone, self.targets, encoded, batch["attention_mask"])
         hidden = self.backbone(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))  # (B, T, H)
         if self.read in (None, "cls"):  # the label words at the slot, or [CLS] / the last token
             kind = "verbalizer" if self.read is None else "classifier"
@@ -210,7 +224,8 @@ def choose_variant(mode: str, backbone: Transformer, model_name: str) -> tuple[s
     if mode == "template-head":
         return mode, "asked for with --mode template-head"
     if backbone.has_lm_head:
-        slot = "the next-token" if backbone.config.is_decoder else "the masked-LM"
+        slot = "the next-token" if backbone.config.is_decoder else "a decoder's" if is_encoder_decoder(backbone) \
+            else "the masked-LM"
         return mode, f"{model_name} has {slot} head, so the verbalizer's label words are scored directly"
     what = {"zero-shot": "zero-shot cloze scoring", "icl": "in-context learning with label words",
             "sensitivity": "zero-shot scoring of each template"}[mode]

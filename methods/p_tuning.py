@@ -48,7 +48,9 @@ from minitransformer import Tokenizer, Transformer
 from methods.shared.heads import TaskHead, freeze
 from methods.shared.options import option, positive_int
 from methods.shared.pipeline import command_line, parse_command_line, run
-from methods.shared.prompting import check_position_budget, choose_head, for_task, run_with_prompt, read_positions
+from methods.shared.prompting import (check_position_budget, choose_head, encode_with_prompt, for_task,
+                                      read_positions, run_with_prompt)
+from methods.shared.text_to_text import LabelTargets, is_encoder_decoder, label_scores, text_to_text_head
 
 ENCODERS = ("lstm", "mlp", "none")
 LAYOUTS = ("template", "prefix")
@@ -181,8 +183,11 @@ class PTuning(nn.Module):
                              "use prompt_tuning.py or p_tuning_v2.py.")
         self.backbone, self.tokenizer, self.config = freeze(backbone), tokenizer, config
         self.is_decoder = backbone.config.is_decoder
+        self.seq2seq = is_encoder_decoder(backbone)  # T5 / BART: the vectors go into the encoder's input
         if config.layout == "template":
             self.pieces = parse_template(config.template, tokenizer, self.is_decoder, task_kind == "pair")
+            if self.seq2seq:  # the decoder writes the label word: a {mask} has nothing to mark
+                self.pieces = [piece for piece in self.pieces if piece[0] != "mask"]
             num_prompts = sum(piece[2] for piece in self.pieces if piece[0] == "prompt")
         else:
             if config.num_virtual_tokens < 1:
@@ -194,6 +199,13 @@ class PTuning(nn.Module):
         embedding_std = float(backbone.word_embeddings.weight.std())
         self.prompt_encoder = PromptEncoder(num_prompts, backbone.config.hidden_size, config.encoder,
                                             config.encoder_hidden, embedding_std)
+        self.prompt_length = num_prompts  # positions the prompt vectors take beside the input's own
+        self.saved_contents = "the pseudo-token embeddings, the prompt encoder and the task head"
+        if self.seq2seq:
+            text_to_text_head(config.head, task_kind)
+            self.head, self.template, self.read_prompt = None, None, False
+            self.targets = LabelTargets(tokenizer, verbalizer, num_labels)
+            return
         kind = choose_head(config.head, task_kind, backbone, verbalizer, PREFERS_LABEL_WORDS)
         no_mask = config.layout == "template" and not self.is_decoder and ("mask",) not in self.pieces
         if kind == "verbalizer" and no_mask and config.head == "auto":
@@ -213,8 +225,6 @@ class PTuning(nn.Module):
         self.head = TaskHead(backbone, tokenizer, num_labels, kind, verbalizer)
         # The batches are the plain input, except in the prefix layout with a verbalizer: the text template's [MASK].
         self.template = config.template if config.layout == "prefix" and kind == "verbalizer" else None
-        self.prompt_length = num_prompts  # positions the prompt vectors take beside the input's own
-        self.saved_contents = "the pseudo-token embeddings, the prompt encoder and the task head"
 
     @classmethod
     def for_task(cls, backbone: Transformer, tokenizer: Tokenizer, task, config: PTuningConfig) -> "PTuning":
@@ -225,6 +235,8 @@ class PTuning(nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         prompts = self.prompt_encoder()  # (m, H), once per step for the whole batch
+        if self.seq2seq:
+            return self.text_to_text(prompts, batch)
         if self.config.layout == "prefix":  # peft's: position 0 (what its classifier pools) is the first prompt
             hidden = run_with_prompt(self.backbone, prompts, batch)  # (B, m+T, H)
             ids, mask, offset = batch["input_ids"], batch["attention_mask"], 0 if self.read_prompt else len(prompts)
@@ -244,6 +256,19 @@ class PTuning(nn.Module):
         return self.head(hidden, read_positions(self.head.kind, ids, mask, self.is_decoder, self.tokenizer.mask_id,
                                                 offset))
 
+    def text_to_text(self, prompts: torch.Tensor, batch: dict) -> torch.Tensor:
+        """T5 / BART: the encoder reads the prompt vectors (before the input, or where the template puts
+        them); [B, C] label-word log-likelihoods of the decoder (methods/shared/text_to_text.py)."""
+        if self.config.layout == "prefix":
+            encoded, mask = encode_with_prompt(self.backbone, prompts, batch)
+        else:
+            placed = self.place(batch)
+            ids, mask = placed["ids"], placed["attention_mask"]
+            chosen = F.one_hot((-ids - 1).clamp(min=0), len(prompts)).to(prompts.dtype) @ prompts  # (B, L, H)
+            inputs_embeds = torch.where((ids < 0).unsqueeze(-1), chosen, self.backbone.embed(ids.clamp(min=0)))
+            encoded = self.backbone.encode(inputs_embeds=inputs_embeds, attention_mask=mask)
+        return label_scores(self.backbone, self.targets, encoded, mask)
+
     def place(self, batch: dict) -> dict[str, torch.Tensor]:
         """Lay each row out as the template says: ids (B, L) with prompt slots as negative ids, its mask and types."""
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
@@ -262,6 +287,8 @@ class PTuning(nn.Module):
         """One row: [CLS] + the template filled with this input's tokens + [SEP] (encoders)."""
         if self.is_decoder:
             body, body_types, out_ids, out_types, end = ids, types, [], [], ([], [])
+        elif self.seq2seq and ids[:1] != [self.tokenizer.bos_id]:  # T5: "input </s>", no start token
+            body, body_types, out_ids, out_types, end = ids[:-1], types[:-1], [], [], (ids[-1:], types[-1:])
         else:  # keep the tokenizer's [CLS] first and its final [SEP] last
             body, body_types, out_ids, out_types, end = ids[1:-1], types[1:-1], ids[:1], types[:1], (ids[-1:], types[-1:])
         parts = {"text": (body, body_types)}

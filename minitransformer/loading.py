@@ -274,4 +274,9 @@ def load_pretrained(name_or_dir: str, device: str | torch.device | None = None, 
     tokenizer_config = directory / "tokenizer_config.json"
     if tokenizer_config.exists():
         max_length = min(max_length, int(json.loads(tokenizer_config.read_text()).get("model_max_length", max_length)))
-    return model, Tokenizer.from_dir(directory, config.model_type, max_length)
+    tokenizer = Tokenizer.from_dir(directory, config.model_type, max_length)
+    if isinstance(model, EncoderDecoder):
+        # A prompt for an encoder-decoder stops at the answer's slot, as for GPT-2: the decoder writes the answer
+        # (BART's <mask> would ask it to rewrite the whole input instead).
+        tokenizer.mask_token = tokenizer.mask_id = None
+    return model, tokenizer

@@ -199,7 +199,8 @@ def test_export_peft_writes_a_seq2seq_adapter_that_peft_loads_with_our_logits(ki
 
 PIPELINE_METHODS = {"prompt_tuning": {"num_virtual_tokens": 4}, "prefix_tuning": {"num_virtual_tokens": 4},
                     "p_tuning_v2": {"num_virtual_tokens": 4, "placement": "encoder,cross"}, "lora": {},
-                    "adapters": {}, "fine_tuning": {"mode": "full"}}
+                    "adapters": {}, "fine_tuning": {"mode": "full"}, "p_tuning": {},
+                    "p_tuning_v2 (peft layout)": {"num_virtual_tokens": 4, "placement": "decoder"}}
 
 
 @pytest.mark.parametrize("method", list(PIPELINE_METHODS))
@@ -226,7 +227,7 @@ def test_the_run_pipeline_trains_text_to_text_on_t5_and_saves_what_load_method_r
     transformers.T5ForConditionalGeneration(transformers.T5Config(
         vocab_size=len(vocabulary), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
         decoder_start_token_id=0, dropout_rate=0.0)).save_pretrained(base)
-    config = registry.get(method).config_class(**PIPELINE_METHODS[method])
+    config = registry.get(method.split(" ")[0]).config_class(**PIPELINE_METHODS[method])
     options = RunOptions(model=str(base), task="builtin_sentiment", max_steps=24, epochs=5, batch_size=16,
                          lr=3e-3 if method == "fine_tuning" else 3e-2, eval_every=12, max_length=32, out=str(tmp_path / "run"), progress=False,
                          skip_test=True)
@@ -254,3 +255,26 @@ def test_methods_that_do_not_apply_to_an_encoder_decoder_say_why(tmp_path):
         PrefixTuning(backbone, tokenizer, 2, PrefixTuningConfig(placement="encoder,self"), verbalizer=LABEL_WORDS)
     with pytest.raises(ValueError, match="one label word per label"):
         PrefixTuning(backbone, tokenizer, 2, PrefixTuningConfig(), verbalizer=None)
+
+
+def test_zero_shot_hard_prompt_on_t5_scores_label_words_as_the_decoders_answer(tmp_path):
+    """FLAN-T5's zero-shot mode: the template up to {mask} is the encoder's input (an instruction), and the
+    label words are scored as answers; the scores equal transformers' log-likelihood of each answer."""
+    from minitransformer import load_pretrained
+    from methods.hard_prompt import HardPrompt, HardPromptConfig
+    from data import Example, batches
+    reference = save_tiny("t5", tmp_path)
+    backbone, tokenizer = load_pretrained(str(tmp_path))
+    template = "{text} w3 w4 {mask} w9"
+    method = HardPrompt(backbone, tokenizer, 2, HardPromptConfig(templates=[template]), verbalizer=LABEL_WORDS)
+    examples = [Example("w5 w6 w7", 0), Example("w8", 1)]
+    batch = next(iter(batches(examples, tokenizer, 2, template=template)))
+    assert batch["input_ids"][1, :4].tolist() == tokenizer.token_ids("w8 w3 w4") + [tokenizer.eos_id]  # cut at the slot
+    with torch.no_grad():
+        scores = method(batch)
+        for c, word in enumerate(LABEL_WORDS):
+            target = torch.tensor([[tokenizer.token_ids(word)[0], tokenizer.eos_id]] * 2)
+            logits = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               labels=target).logits
+            expected = logits.log_softmax(-1).gather(-1, target[..., None]).squeeze(-1).sum(-1)
+            torch.testing.assert_close(scores[:, c], expected, atol=1e-5, rtol=1e-5)
