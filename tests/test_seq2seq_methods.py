@@ -197,6 +197,27 @@ def test_export_peft_writes_a_seq2seq_adapter_that_peft_loads_with_our_logits(ki
     torch.testing.assert_close(mine.detach()[real], out.logits[real], atol=1e-5, rtol=1e-5)
 
 
+def tiny_t5_for_the_builtin_set(base):
+    """A tiny random T5 whose word-level vocabulary holds every word of the built-in sentiment set."""
+    from tokenizers import Tokenizer as Backend, models, normalizers, pre_tokenizers, processors
+    import transformers
+    from data import load_task
+    task = load_task("builtin_sentiment")
+    words = sorted({w for e in task.splits["train"] + task.splits["dev"] for w in e.text.lower().split()}
+                   | set(task.verbalizer))
+    vocabulary = ["<pad>", "</s>", "<unk>"] + words
+    backend = Backend(models.WordLevel({w: i for i, w in enumerate(vocabulary)}, unk_token="<unk>"))
+    backend.pre_tokenizer, backend.normalizer = pre_tokenizers.WhitespaceSplit(), normalizers.Lowercase()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    base.mkdir()
+    backend.save(str(base / "tokenizer.json"))
+    torch.manual_seed(0)
+    transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=len(vocabulary), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        decoder_start_token_id=0, dropout_rate=0.0)).save_pretrained(base)
+    return base
+
+
 PIPELINE_METHODS = {"prompt_tuning": {"num_virtual_tokens": 4}, "prefix_tuning": {"num_virtual_tokens": 4},
                     "p_tuning_v2": {"num_virtual_tokens": 4, "placement": "encoder,cross"}, "lora": {},
                     "adapters": {}, "fine_tuning": {"mode": "full"}, "p_tuning": {},
@@ -207,26 +228,9 @@ PIPELINE_METHODS = {"prompt_tuning": {"num_virtual_tokens": 4}, "prefix_tuning":
 def test_the_run_pipeline_trains_text_to_text_on_t5_and_saves_what_load_method_reads(method, tmp_path):
     """The methods' command-line path on a tiny T5 (a vocabulary of the built-in set's words): the loss
     falls, the record says so, and the saved method reloads with the same label scores."""
-    from tokenizers import Tokenizer as Backend, models, pre_tokenizers, processors
-    from data import load_task
     from methods import registry
     from methods.shared.pipeline import RunOptions, load_method, run
-    import transformers
-    task = load_task("builtin_sentiment")
-    words = sorted({w for e in task.splits["train"] + task.splits["dev"] for w in e.text.lower().split()}
-                   | set(task.verbalizer))
-    vocabulary = ["<pad>", "</s>", "<unk>"] + words
-    backend = Backend(models.WordLevel({w: i for i, w in enumerate(vocabulary)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.normalizer = __import__("tokenizers").normalizers.Lowercase()
-    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    base = tmp_path / "t5"
-    base.mkdir()
-    backend.save(str(base / "tokenizer.json"))
-    torch.manual_seed(0)
-    transformers.T5ForConditionalGeneration(transformers.T5Config(
-        vocab_size=len(vocabulary), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        decoder_start_token_id=0, dropout_rate=0.0)).save_pretrained(base)
+    base = tiny_t5_for_the_builtin_set(tmp_path / "t5")
     config = registry.get(method.split(" ")[0]).config_class(**PIPELINE_METHODS[method])
     options = RunOptions(model=str(base), task="builtin_sentiment", max_steps=24, epochs=5, batch_size=16,
                          lr=3e-3 if method == "fine_tuning" else 3e-2, eval_every=12, max_length=32, out=str(tmp_path / "run"), progress=False,
@@ -278,3 +282,23 @@ def test_zero_shot_hard_prompt_on_t5_scores_label_words_as_the_decoders_answer(t
                                labels=target).logits
             expected = logits.log_softmax(-1).gather(-1, target[..., None]).squeeze(-1).sum(-1)
             torch.testing.assert_close(scores[:, c], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_compare_on_a_t5_runs_every_method_that_applies(tmp_path):
+    """methods.compare --model <a T5>: the text-to-text line-up (zero-shot hard prompt instead of a head,
+    no BitFit: T5 has no biases), each method as its own command line, a record and a table for each."""
+    import json
+    import subprocess
+    import sys
+    from methods.compare import SEQ2SEQ_METHODS
+    base = tiny_t5_for_the_builtin_set(tmp_path / "t5")
+    out = tmp_path / "compare"
+    done = subprocess.run([sys.executable, "-m", "methods.compare", "--model", str(base), "--task",
+                           "builtin_sentiment", "--max-steps", "3", "--eval-every", "3", "--max-length", "32",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "bitfit left out: T5 has no biases" in done.stdout
+    records = json.loads((out / "results.json").read_text())["records"]
+    assert [r["method"] for r in records] == [m for m in SEQ2SEQ_METHODS if m != "bitfit"]
+    assert all("error" not in r for r in records), [r.get("error") for r in records]
+    assert records[0]["steps"] == 0 and all(r["steps"] == 3 for r in records[1:])  # zero-shot trains nothing
