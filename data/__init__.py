@@ -9,7 +9,7 @@ Data files are found in the ``data_dir`` argument, PROMPT_DATA_DIR, the cache, o
 downloaded (see data/download.py); the built-in sets in data/builtin/ were written
 for this project and are not benchmarks.
 """
-from .batching import (IGNORE_INDEX, align_word_labels, batches, causal_lm_batches, encode_examples, fit_template,
+from .batching import (IGNORE_INDEX, align_word_labels, batches, causal_lm_batches, seq2seq_batches, encode_examples, fit_template,
                        k_shot, table_prompt)
 from .download import DataNotFoundError, DownloadError, cache_dir, download, find_file
 from .metrics import METRICS, accuracy, corpus_bleu, entity_f1, entity_spans, macro_f1
@@ -21,7 +21,7 @@ from .tasks import TASKS, MissingSplitError, Task, UnknownTaskError, hash_split,
 
 __all__ = [
     "load_task", "Task", "TASKS", "hash_split", "Example", "NerExample", "TableExample", "NER_TAGS",
-    "batches", "causal_lm_batches", "table_prompt", "encode_examples", "fit_template", "align_word_labels", "k_shot", "IGNORE_INDEX",
+    "batches", "causal_lm_batches", "seq2seq_batches", "table_prompt", "encode_examples", "fit_template", "align_word_labels", "k_shot", "IGNORE_INDEX",
     "apply_template", "check_template", "check_verbalizer", "label_word",
     "accuracy", "macro_f1", "entity_spans", "entity_f1", "corpus_bleu", "METRICS",
     "find_file", "download", "cache_dir", "iob1_to_bio", "linearize_mr",

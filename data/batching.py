@@ -187,3 +187,20 @@ def causal_lm_batches(examples: list[TableExample], tokenizer, batch_size: int, 
         mask = pad_sequence([torch.ones(len(r), dtype=torch.long) for r in rows], batch_first=True)
         yield {"input_ids": input_ids, "attention_mask": mask, "labels": labels,
                **({"weights": torch.tensor(weights)} if weights is not None else {})}
+
+
+def seq2seq_batches(examples: list[TableExample], tokenizer, batch_size: int, shuffle: bool = False,
+                    seed: int = 0, max_length: int | None = None, shard=None) -> Iterator[dict[str, torch.Tensor]]:
+    """Training batches for an encoder-decoder (T5, BART): the linearized table is the encoder's input, each
+    reference + eos the decoder's target (labels [B, T], -100 past its end), one row per reference."""
+    pairs = [(e.source, reference) for e in examples for reference in e.references]
+    if shuffle:
+        random.Random(seed).shuffle(pairs)
+    for start in range(0, len(pairs), batch_size):
+        chosen, weights = shard(pairs[start:start + batch_size]) if shard is not None else \
+            (pairs[start:start + batch_size], None)
+        batch = tokenizer.encode([source for source, _ in chosen], max_length=max_length)
+        targets = [(tokenizer.token_ids(reference) + [tokenizer.eos_id])[:max_length] for _, reference in chosen]
+        labels = pad_sequence([torch.tensor(t) for t in targets], batch_first=True, padding_value=IGNORE_INDEX)
+        yield {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels,
+               **({"weights": torch.tensor(weights)} if weights is not None else {})}

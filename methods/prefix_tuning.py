@@ -46,7 +46,7 @@ from torch import nn
 
 from data.batching import table_prompt
 from data.tasks import TASK_SPECS
-from minitransformer import Tokenizer, Transformer, TransformerConfig, generate
+from minitransformer import Tokenizer, Transformer, TransformerConfig, generate, generate_seq2seq
 from minitransformer.config import Seq2SeqConfig
 from minitransformer.model import KeyValue
 
@@ -203,11 +203,12 @@ class PrefixTuning(nn.Module):
         self.backbone, self.tokenizer, self.config = backbone, tokenizer, config
         self.head: TaskHead | None = None
         self.template, self.prompt_length = None, 0  # a key/value prefix takes no input positions
-        if is_encoder_decoder(backbone):  # prefixes where --placement says; the decoder writes the label word
-            text_to_text_head(config.head, task_kind)
+        if is_encoder_decoder(backbone):  # prefixes where --placement says; the decoder writes the answer
             self.prefix = PlacedPrefixes(backbone.config, parse_places(config.placement), config.num_virtual_tokens,
                                          config.prompt_layers, config.flat, config.mlp_hidden, config.prefix_dropout)
-            self.targets = LabelTargets(tokenizer, verbalizer, num_labels)
+            if task_kind != "generation":  # classification: the label word is the answer
+                text_to_text_head(config.head, task_kind)
+                self.targets = LabelTargets(tokenizer, verbalizer, num_labels)
             return
         if config.placement != "all":
             raise ValueError(f"--placement {config.placement} is for encoder-decoders (T5, BART); this "
@@ -238,8 +239,14 @@ class PrefixTuning(nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         prefix = self.prefix()  # computed once per step, shared by every row of the batch
-        if isinstance(self.prefix, PlacedPrefixes):  # [B, C] label-word log-likelihoods (rank classification)
+        if isinstance(self.prefix, PlacedPrefixes):
             encoded = self.backbone.encode(batch["input_ids"], batch["attention_mask"], prefix=prefix.get("encoder"))
+            if not hasattr(self, "targets"):  # generation: teacher-forced LM logits of the reference [B, T, V]
+                memory = self.backbone.memory(encoded, batch["attention_mask"], prefix.get("cross"))
+                hidden = self.backbone.decode(self.backbone.shift_right(batch["labels"]), memory,
+                                              prefix=prefix.get("decoder"))
+                return self.backbone.lm_logits(hidden)
+            # classification: [B, C] label-word log-likelihoods (rank classification)
             return label_scores(self.backbone, self.targets, encoded, batch["attention_mask"], prefix.get("decoder"),
                                 prefix.get("cross"))
         hidden = self.backbone(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), prefix=prefix)
@@ -307,6 +314,16 @@ def generate_texts(method: PrefixTuning, tokenizer: Tokenizer, sources: list[str
     """Greedy continuations of "source ||" with the method's prefix (cached decoding), up to eos."""
     method.eval()
     device, texts = next(method.parameters()).device, []
+    if isinstance(method.prefix, PlacedPrefixes):  # T5 / BART: the table to the encoder, the decoder writes
+        prefix = method.prefix()
+        for start in range(0, len(sources), batch_size):
+            batch = tokenizer.encode(sources[start:start + batch_size])
+            out = generate_seq2seq(method.backbone, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                   max_new_tokens, eos_id=tokenizer.eos_id, encoder_prefix=prefix.get("encoder"),
+                                   decoder_prefix=prefix.get("decoder"), cross_prefix=prefix.get("cross"))
+            for row in out[:, 1:].tolist():  # after the start token, up to eos
+                texts.append(tokenizer.decode(row[:row.index(tokenizer.eos_id)] if tokenizer.eos_id in row else row).strip())
+        return texts
     for start in range(0, len(sources), batch_size):
         batch = tokenizer.encode([table_prompt(s) for s in sources[start:start + batch_size]], padding_side="left",
                                  add_special_tokens=False)

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from data import Task, load_task
-from data.batching import batches, causal_lm_batches
+from data.batching import batches, causal_lm_batches, seq2seq_batches
 from data.metrics import corpus_bleu
 from minitransformer import Tokenizer, Transformer, load_pretrained
 
@@ -221,8 +221,10 @@ def fit(model: nn.Module, tokenizer: Tokenizer, task: Task, options: RunOptions,
     examples = task.splits["train"][: options.limit_train]
     if task.kind == "generation":  # one row per reference; no dev metric while training (BLEU needs decoding)
         steps = math.ceil(sum(len(e.references) for e in examples) / options.batch_size)
-        make = lambda epoch: causal_lm_batches(examples, tokenizer, options.batch_size, True, options.seed + epoch,
-                                               options.max_length, distributed.batch_sharder(training=True))
+        lm_batches = seq2seq_batches if getattr(model.backbone.config, "is_encoder_decoder", False) else \
+            causal_lm_batches  # T5 / BART: the table to the encoder, the reference to the decoder
+        make = lambda epoch: lm_batches(examples, tokenizer, options.batch_size, True, options.seed + epoch,
+                                        options.max_length, distributed.batch_sharder(training=True))
         return train(model, make, steps, None, config, device=device)
     return train_on_task(model, tokenizer, task, config, examples, task.splits["dev"][: options.limit_dev],
                          options.batch_size, options.max_length, model.template, device)
