@@ -374,6 +374,44 @@ def results_for(name: str, retrain: set[str] | str | None = None, device: str | 
     return Results(experiment, runs, "trained now" if (FAST or chosen) else "records")
 
 
+# ---- pictures: every seed shown, the mean and its spread ----------------------------------------
+
+def plot_curves(results: Results, names: list[str], ax, labels: list[str] | None = None) -> None:
+    """Dev accuracy against training step: the mean over seeds as a line, mean ± sd as a band."""
+    for i, name in enumerate(names):
+        runs = results.runs.get(name, [])
+        if not runs:
+            continue
+        steps = [h["step"] for h in runs[0]["history"]]
+        by_step = [[100 * r["history"][j]["dev_metric"] for r in runs if len(r["history"]) > j]
+                   for j in range(len(steps))]
+        means, spreads = [mean(v) for v in by_step], [sd(v) for v in by_step]
+        ax.plot(steps, means, marker="o", color=f"C{i}", label=f"{(labels or names)[i]} (n={len(runs)})")
+        ax.fill_between(steps, [m - d for m, d in zip(means, spreads)], [m + d for m, d in zip(means, spreads)],
+                        color=f"C{i}", alpha=0.2)
+    ax.set(xlabel="training step", ylabel="dev accuracy (%), mean ± sd")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot_scores(results: Results, names: list[str], ax, labels: list[str] | None = None, xs=None,
+                color: str | None = None, label: str | None = None) -> None:
+    """Each setting's best dev accuracy: every seed as a dot, the mean ± sd as an error bar (at positions
+    `xs`, e.g. learning rates; one `color` and legend `label` for the whole series if given)."""
+    xs = list(range(len(names))) if xs is None else xs
+    for i, (x, name) in enumerate(zip(xs, names)):
+        values = results.scores(name) if results.runs.get(name) else []
+        if not values:
+            continue
+        ax.scatter([x] * len(values), values, color="0.5", s=12, zorder=3)
+        ax.errorbar([x], [mean(values)], yerr=[sd(values)], fmt="o", color=color or f"C{i}", capsize=5,
+                    markersize=8, zorder=4, label=label if i == 0 else None)
+    if not isinstance(xs[0], float):
+        ax.set_xticks(xs, labels or names, fontsize=8)
+    ax.set(ylabel="best dev accuracy (%)")
+    ax.grid(alpha=0.3, axis="y")
+
+
 # ---- command line -------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> None:

@@ -200,7 +200,7 @@ def near_names(name: str) -> str:
     """' (did you mean ...?)' with the known names closest to `name`, or nothing."""
     known = list(MINILM_NAMES) + list(HUB_MODELS)
     lower = {k.lower(): k for k in known}
-    close = [lower[k] for k in difflib.get_close_matches(name.lower(), lower, n=2, cutoff=0.6)]
+    close = [lower[k] for k in difflib.get_close_matches(name.lower(), lower, n=2, cutoff=0.6) if lower[k] != name]
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 

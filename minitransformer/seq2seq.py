@@ -165,13 +165,17 @@ class Block(nn.Module):
         return layer_norm(x + adapter(self.dropout(sublayer(x))))
 
     def forward(self, x, bias, padding, prefix=None, memory: KeyValue | None = None, memory_bias=None):
-        kept = []
-        attend = lambda h: kept.append(self.attention(h, bias, padding, prefix)) or kept[0][0]
+        keys_values = []  # this layer's self-attention keys and values (the generation cache keeps them)
+
+        def attend(h):
+            out, kv = self.attention(h, bias, padding, prefix)
+            keys_values.append(kv)
+            return out
         x = self.residual(x, self.attention_norm, attend, self.attention_adapter)
         if self.cross_attention is not None:
             cross = lambda h: self.cross_attention(h, memory_bias, padding, keys_values=memory)[0]
             x = self.residual(x, self.cross_norm, cross, self.cross_adapter)
-        return self.residual(x, self.mlp_norm, self.mlp, self.mlp_adapter), kept[0][1]
+        return self.residual(x, self.mlp_norm, self.mlp, self.mlp_adapter), keys_values[0]
 
 
 class Stack(nn.Module):

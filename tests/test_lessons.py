@@ -28,8 +28,8 @@ def exercise_cells(notebook: Path) -> list[str]:
     return [cell.source for cell in cells if "exercise" in cell.get("metadata", {}).get("tags", [])]
 
 
-def test_the_eight_lessons_exist():
-    assert [lesson_number(n) for n in NOTEBOOKS] == [f"{i:02d}" for i in range(8)], [n.name for n in NOTEBOOKS]
+def test_the_nine_lessons_exist():
+    assert [lesson_number(n) for n in NOTEBOOKS] == [f"{i:02d}" for i in range(9)], [n.name for n in NOTEBOOKS]
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda n: n.stem)
@@ -90,3 +90,21 @@ def test_the_cells_that_need_a_downloadable_model_run_on_a_tiny_one(name, monkey
     assert "SKIPPED" not in printed, printed
     for text in expected:
         assert text.format(model=model) in printed, f"{name}: the cell that needs {variable} did not print {text!r}"
+
+
+def test_lesson_8s_placement_ablation_runs_on_a_tiny_t5(monkeypatch, tmp_path):
+    """The cell that needs t5-small trains every placement on a tiny random T5 saved by the test (LESSON_T5);
+    the committed outputs say that the real numbers need the download."""
+    pytest.importorskip("transformers")
+    from tests.test_seq2seq_methods import tiny_t5_for_the_builtin_set
+    model = tiny_t5_for_the_builtin_set(tmp_path / "t5")
+    for key, value in {"LESSON_FAST": "1", "MPLBACKEND": "Agg", "LESSON_OUT": str(tmp_path),
+                       "LESSON_T5": str(model)}.items():
+        monkeypatch.setenv(key, value)
+    nb = nbformat.read(LESSONS / "08_encoder_decoder_prefixes.ipynb", as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(LESSONS)}}).execute()
+    outputs = [o for cell in nb.cells for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    printed = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert "SKIPPED" not in printed and f"loaded {model}" in printed
+    assert all(f"prefix in {place:8s}: best dev accuracy" in printed for place in ("encoder", "decoder", "cross", "all"))
