@@ -28,7 +28,7 @@ from methods.shared.prompting import encode_with_prompt
 from methods.shared.text_to_text import lm_loss
 from minitransformer import load_pretrained
 
-from train_step import make_step, sst2_batches
+from train_step import alternate, make_step, sst2_batches
 
 T5_SMALL = dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8,
                 decoder_start_token_id=0, dropout_rate=0.1)
@@ -94,13 +94,7 @@ def time_method(method: str, directory: str, steps: int, warmup: int) -> dict:
     data = t5_batches(steps + warmup)
     cpu = torch.device("cpu")
     ours_step, theirs_step = make_step(ours, our_loss, cpu, False), make_step(theirs, their_loss, cpu, False)
-    ours_times, theirs_times = [], []
-    for i, batch in enumerate(data):
-        for step, times in ((ours_step, ours_times), (theirs_step, theirs_times)):
-            start = time.perf_counter()
-            step(batch)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
+    ours_times, theirs_times = alternate(ours_step, theirs_step, data, warmup)
     ours_s, theirs_s = statistics.median(ours_times), statistics.median(theirs_times)
     tokens = statistics.mean(int(b["attention_mask"].sum()) for b in data[warmup:])
     return {"method": method, "ours_step_s": ours_s, "theirs_step_s": theirs_s, "step_time_ratio": ours_s / theirs_s,

@@ -51,6 +51,19 @@ def make_step(model, loss_fn, device, bf16: bool):
     return step
 
 
+def alternate(ours_step, theirs_step, data: list[dict], warmup: int) -> tuple[list[float], list[float]]:
+    """Seconds of each side's steps, ours then theirs on every batch (both see the same machine load), after
+    `warmup` batches that are not timed."""
+    ours_times, theirs_times = [], []
+    for i, batch in enumerate(data):
+        for step, times in ((ours_step, ours_times), (theirs_step, theirs_times)):
+            start = time.perf_counter()
+            step(batch)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return ours_times, theirs_times
+
+
 def sst2_batches(tokenizer, count: int, device) -> list[dict]:
     examples = load_task("sst2").splits["train"]
     out = []
@@ -70,13 +83,7 @@ def time_method(name: str, device: torch.device, steps: int, warmup: int, bf16: 
     theirs, theirs_loss = with_loss(build_theirs(name, device))
     data = sst2_batches(tokenizer, steps + warmup, device)
     ours_step, theirs_step = make_step(ours, ours_loss, device, bf16), make_step(theirs, theirs_loss, device, bf16)
-    ours_times, theirs_times = [], []
-    for i, batch in enumerate(data):
-        for step, times in ((ours_step, ours_times), (theirs_step, theirs_times)):
-            start = time.perf_counter()
-            step(batch)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
+    ours_times, theirs_times = alternate(ours_step, theirs_step, data, warmup)
     tokens = statistics.mean(int(b["attention_mask"].sum()) for b in data[warmup:])
     ours_memory = training_memory_mb(ours, ours_loss, data[0], device, bf16)
     theirs_memory = training_memory_mb(theirs, theirs_loss, data[0], device, bf16)

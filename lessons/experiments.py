@@ -12,6 +12,7 @@ its plots and tables from them in seconds; `LESSON_RETRAIN` retrains live:
     python -m lessons.experiments run prefix_stability     train what is missing (resumes; Ctrl-C stops after a step)
     python -m lessons.experiments run --all                everything, in the order below (about 4-5 CPU hours)
     python -m lessons.experiments table prompt_length      mean ± sd over seeds, n, from the records
+    python -m lessons.experiments readme                   README.md's table "What the lessons reproduce"
 
 Fast mode (LESSON_FAST=1, the tests) trains every setting for two steps on a few examples, one
 seed, into a temporary folder: every line runs, the numbers mean nothing.
@@ -121,11 +122,11 @@ LESSON_1 = Experiment(
     (Setting("full fine-tuning", "fine_tuning", {"mode": "full"}),
      Setting("top-2 layers", "fine_tuning", {"mode": "top-k", "top_layers": 2}),
      Setting("head only", "fine_tuning", {"mode": "head"})),
-    (Claim("Howard & Ruder 2018 / Devlin et al. 2019", "BERT §5.3, Table 7: feature-based 95.5 vs fine-tuning 96.4 "
-           "dev F1 (NER); frozen features trail", "full fine-tuning beats a head on frozen features",
+    (Claim("Howard & Ruder 2018 / Devlin et al. 2019", "BERT §5.3 (NER): the best frozen-feature "
+           "setting stays below fine-tuning", "full fine-tuning beats a head on frozen features",
            ("full fine-tuning",), ("head only",)),
-     Claim("Lee et al. 2019", "'What would Elsa do?' Table 1: fine-tuning only the top layers recovers ~90% "
-           "of full quality", "the top layers recover most of the gap to full fine-tuning",
+     Claim("Lee et al. 2019", "'What would Elsa do?': fine-tuning about a quarter of "
+           "the top layers keeps about 90% of full fine-tuning's quality", "the top layers recover most of the gap to full fine-tuning",
            ("top-2 layers",), ("head only",))))
 
 # "vocab" is prompt tuning's default start: left out of the options, so that lesson 6's input-only prompt of
@@ -170,11 +171,11 @@ LESSON_5 = Experiment(
      _P("MLP, prompts before the text only", "mlp", "{p:9} {text}"),
      _P("MLP, 3,3,3 + anchor words", "mlp", "{p:3} {text} {p:3} it was {mask} . {p:3}"),
      _P("MLP, classifier reads [CLS]", "mlp", SHAPE_333, "input")),
-    (Claim("Liu et al. 2021 (GPT understands, too)", "§3 and Table 1 ablation: the bi-LSTM encoder helps "
-           "over training the vectors directly", "an LSTM encoder beats no encoder", ("LSTM encoder",),
+    (Claim("Liu et al. 2021 (GPT understands, too)", "§3: the prompt vectors are produced by a prompt encoder "
+           "(a bi-LSTM and an MLP) because training them directly optimizes poorly", "an LSTM encoder beats no encoder", ("LSTM encoder",),
            ("no encoder",)),
-     Claim("Liu et al. 2021", "§3: an MLP works about as well as the LSTM (Liu et al. 2022 §3 find "
-           "reparameterization task-dependent)", "an MLP encoder beats no encoder", ("MLP encoder",),
+     Claim("Liu et al. 2021", "later versions and P-tuning v2 (§3) use an MLP encoder too, "
+           "and find reparameterization helps on some tasks, not all", "an MLP encoder beats no encoder", ("MLP encoder",),
            ("no encoder",)),
      Claim("Liu et al. 2021", "§3, 'anchor tokens': task-related words in the template help (RTE)",
            "anchor words in the template help", ("MLP, 3,3,3 + anchor words",), ("MLP encoder",))))
@@ -185,14 +186,15 @@ LESSON_6 = Experiment(
     (Setting("input only (prompt tuning)", "prompt_tuning", {"num_virtual_tokens": 20}),
      _DEEP("deep, all layers"), _DEEP("deep, layers 1-3", layers="1-3"), _DEEP("deep, layers 4-6", layers="4-6"),
      _DEEP("deep, P = 5", P=5), _DEEP("deep, P = 50", P=50)),
-    (Claim("Liu et al. 2022 (P-tuning v2)", "Table 2 / Figure 1: deep prompts close the gap to fine-tuning "
-           "for small models (BERT-large SST-2 ~ 94.3% vs 91-93% for input-only)",
+    (Claim("Liu et al. 2022 (P-tuning v2)", "Figure 1 and Table 2: below 10B parameters deep prompts match "
+           "fine-tuning where input-only prompts fall behind",
            "deep prompts beat an input-only prompt of the same length", ("deep, all layers",),
            ("input only (prompt tuning)",)),
-     Claim("Liu et al. 2022", "Figure 5: prompts in the upper layers matter more than in the lower ones "
-           "(RTE, BoolQ)", "upper-layer prompts beat lower-layer prompts", ("deep, layers 4-6",),
+     Claim("Liu et al. 2022", "§4.4, the prompt-depth figure: at equal depth, prompts in the upper "
+           "layers beat prompts in the lower ones (RTE, BoolQ)", "upper-layer prompts beat lower-layer prompts", ("deep, layers 4-6",),
            ("deep, layers 1-3",)),
-     Claim("Liu et al. 2022", "Figure 4: simple classification tasks are fine with short prompts (<20)",
+     Claim("Liu et al. 2022", "§4.4, prompt length: simple classification tasks prefer "
+           "short prompts (under 20)",
            "20 deep prompt tokens are no worse than 50", ("deep, all layers",), ("deep, P = 50",))))
 
 NER_BUDGET = Budget("ner", steps=432, batch_size=16, eval_every=108, max_length=128)
@@ -201,10 +203,11 @@ LESSON_6_NER = Experiment(
     (Setting("head only (no prompt)", "fine_tuning", {"mode": "head"}, 1e-2),
      Setting("input only", "prompt_tuning", {"num_virtual_tokens": 20}),
      Setting("deep (all layers)", "p_tuning_v2", {"num_virtual_tokens": 20})),
-    (Claim("Liu et al. 2022 (P-tuning v2)", "Table 3: CoNLL-2003 with BERT-large, 90.2 (deep) vs 87.3 F1 "
-           "(Lester-style input prompts), fine-tuning 92.8", "deep prompts beat input-only prompts on NER",
+    (Claim("Liu et al. 2022 (P-tuning v2)", "the sequence-labelling table (CoNLL-2003): input-only prompts "
+           "fall far behind deep prompts, which come close to fine-tuning", "deep prompts beat input-only prompts on NER",
            ("deep (all layers)",), ("input only",)),
-     Claim("Liu et al. 2022", "Table 3 (a token head on frozen features is the floor both stand on)",
+     Claim("Liu et al. 2022", "the same table (a token head on frozen features is the floor "
+           "both stand on)",
            "deep prompts add to a token head alone", ("deep (all layers)",), ("head only (no prompt)",))),
     budget=NER_BUDGET, task="conll2003")
 
@@ -428,16 +431,53 @@ def plot_scores(results: Results, names: list[str], ax, labels: list[str] | None
     ax.grid(alpha=0.3, axis="y")
 
 
+# ---- the README's table -------------------------------------------------------------------------
+
+README_BLOCK = r"(<!-- lesson verdicts: begin \(python -m lessons.experiments readme\) -->\n).*?(\n<!-- lesson verdicts: end -->)"
+
+
+def readme_table() -> str:
+    """Every claim of every experiment, with its verdict from the committed records (or that they are pending)."""
+    rows = ["| lesson | paper, where | claim | measured (mean ± sd, n, steps × batch) | verdict |",
+            "|---|---|---|---|---|"]
+    for experiment in EXPERIMENTS.values():
+        expected = len(experiment.settings) * len(experiment.budget.seeds)
+        results = results_for(experiment.name, retrain=set()) if not FAST else None
+        complete = results is not None and sum(len(r) for r in results.runs.values()) == expected
+        for claim in experiment.claims:
+            if complete:
+                v = verdict(claim, results)
+                rows.append(f"| {experiment.lesson} | {claim.paper}, {claim.where} | {claim.statement} | "
+                            f"{v['measured']} | **{v['verdict']}** ({v['why']}) |")
+            else:
+                rows.append(f"| {experiment.lesson} | {claim.paper}, {claim.where} | {claim.statement} | records "
+                            f"pending (`python -m lessons.experiments run {experiment.name}`) | not yet measured |")
+    return "\n".join(rows)
+
+
+def write_readme(path: Path) -> None:
+    import re
+    text = path.read_text()
+    if not re.search(README_BLOCK, text, flags=re.S):
+        raise ValueError(f"{path} has no lesson-verdicts block (the two marker comments) to fill in.")
+    path.write_text(re.sub(README_BLOCK, lambda m: m.group(1) + readme_table() + m.group(2), text, flags=re.S))
+
+
 # ---- command line -------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lessons.experiments", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("list", "run", "table"))
+    parser.add_argument("action", choices=("list", "run", "table", "readme"),
+                        help="readme: write the verdicts of every experiment into README.md's table")
     parser.add_argument("experiments", nargs="*", help="experiment names (see list); run --all for every one")
     parser.add_argument("--all", action="store_true", help="every experiment, in the order list shows")
     parser.add_argument("--device", default=os.environ.get("LESSON_DEVICE"), help="cpu or cuda (default: the best)")
     args = parser.parse_args(argv)
+    if args.action == "readme":
+        write_readme(ROOT / "README.md")
+        print("wrote the table 'What the lessons reproduce' in README.md")
+        return
     names = list(EXPERIMENTS) if args.all else args.experiments
     try:
         chosen = [get(n) for n in names] if names else [PILOT_EXPERIMENT, *EXPERIMENTS.values()]

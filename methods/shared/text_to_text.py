@@ -73,7 +73,7 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def text_to_text_head(requested: str, task_kind: str) -> None:
     """On an encoder-decoder the answer is written by the decoder: no other head applies."""
-    if task_kind != "classification":
+    if task_kind not in ("classification", "pair"):
         raise ValueError(f"On an encoder-decoder (T5, BART) the methods do {task_kind!r} tasks only as text-to-text "
                          "classification so far; use an encoder (e.g. all-MiniLM-L6-v2) for tagging.")
     if requested not in ("auto", "verbalizer"):
