@@ -230,3 +230,24 @@ def test_the_loader_reads_tokenizers_and_names_a_missing_or_unknown_tensor(tmp_p
               str(tmp_path / "model.safetensors"))
     with pytest.raises(KeyError, match="SelfAttention.extra.weight"):
         load_pretrained(str(tmp_path))
+
+
+def test_the_plain_path_equals_the_fast_one_in_outputs_and_gradients():
+    """fast=False (padded blocks, nn.Dropout-free eval) gives the fast path's outputs and gradients at the
+    real tokens, with prefixes in all three places."""
+    torch.manual_seed(0)
+    config = Seq2SeqConfig(vocab_size=VOCAB, hidden_size=32, num_layers=2, num_decoder_layers=2, num_heads=4,
+                           head_dim=8, intermediate_size=64, gated=True, activation="gelu_new")
+    fast = EncoderDecoder(config).eval()
+    plain = EncoderDecoder(Seq2SeqConfig(**{**config.__dict__, "fast": False})).eval()
+    plain.load_state_dict(fast.state_dict())
+    ids, mask, decoder_ids, decoder_mask = padded_batch()
+    prefixes = random_prefixes(fast, torch.Generator().manual_seed(3))
+    outputs = []
+    for model in (fast, plain):
+        out = model(ids, mask, decoder_ids, decoder_mask, **prefixes)
+        loss = (model.lm_logits(out)[decoder_mask.bool()] ** 2).mean()
+        loss.backward()
+        outputs.append((out[decoder_mask.bool()].detach(), model.word_embeddings.weight.grad.clone()))
+    torch.testing.assert_close(outputs[0][0], outputs[1][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outputs[0][1], outputs[1][1], atol=1e-5, rtol=1e-5)

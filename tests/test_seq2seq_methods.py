@@ -337,3 +337,39 @@ def test_prefix_tuning_trains_table_to_text_on_t5_and_scores_bleu_on_generated_t
     texts = method.generate_texts(tokenizer, [t.source for t in tables[:6]], max_new_tokens=10)
     assert len(texts) == 6 and any(texts)
     assert 0 <= corpus_bleu(texts, [t.references for t in tables[:6]]) <= 1
+
+
+def test_an_encoder_prefix_is_what_a_hand_written_t5_encoder_with_prepended_keys_computes(tmp_path):
+    """peft has no encoder prefix and transformers' T5 encoder takes no past keys, so the reference is written
+    out here from transformers' own modules (its norms, projections, relative-position bias with the prefix
+    counted as P earlier positions, feed-forward); only the concatenation of the prefix is ours."""
+    from minitransformer import load_pretrained
+    reference = save_tiny("t5", tmp_path)
+    backbone, _ = load_pretrained(str(tmp_path))
+    c = backbone.config
+    P, g = 3, torch.Generator().manual_seed(6)
+    prefix = [(torch.randn(1, c.num_heads, P, c.head_dim, generator=g), torch.randn(1, c.num_heads, P, c.head_dim,
+                                                                                   generator=g))
+              for _ in range(c.num_layers)]
+    ids, mask, _, _ = padded_batch()
+    (B, T), H = ids.shape, c.num_heads
+    with torch.no_grad():
+        mine = backbone.encode(ids, mask, prefix=prefix)
+        x = reference.shared(ids)
+        allowed = torch.cat([torch.ones(B, P, dtype=torch.bool), mask.bool()], 1)[:, None, None, :]
+        blocks = reference.encoder.block
+        bias = blocks[0].layer[0].SelfAttention.compute_bias(T, P + T, past_seen_tokens=P)  # (1, H, T, P+T)
+        bias = bias.masked_fill(~allowed, torch.finfo(x.dtype).min)
+        for block, (prefix_keys, prefix_values) in zip(blocks, prefix):
+            attention = block.layer[0].SelfAttention
+            h = block.layer[0].layer_norm(x)
+            split = lambda t: t.view(B, T, H, c.head_dim).transpose(1, 2)
+            q = split(attention.q(h))
+            k = torch.cat([prefix_keys.expand(B, -1, -1, -1), split(attention.k(h))], 2)
+            v = torch.cat([prefix_values.expand(B, -1, -1, -1), split(attention.v(h))], 2)
+            weights = (q @ k.transpose(-1, -2) + bias).softmax(-1)  # T5: no 1/sqrt(d)
+            x = x + attention.o((weights @ v).transpose(1, 2).reshape(B, T, -1))
+            x = block.layer[1](x)  # transformers' feed-forward sublayer (norm, DenseReluDense, residual)
+        expected = reference.encoder.final_layer_norm(x)
+    real = mask.bool()
+    torch.testing.assert_close(mine[real], expected[real], atol=1e-5, rtol=1e-5)
