@@ -305,38 +305,39 @@ def test_compare_on_a_t5_runs_every_method_that_applies(tmp_path):
 
 
 def test_prefix_tuning_trains_table_to_text_on_t5_and_scores_bleu_on_generated_text(tmp_path, data_dir):
-    """E2E on an encoder-decoder: the table to the encoder, the reference to the decoder (teacher forcing,
-    seq2seq_batches), prefixes in all three places; greedy cached generation gives the texts BLEU scores.
-    (The shared E2E files have no training split here: a few dev tables serve as training data.)"""
+    """E2E on an encoder-decoder through the run pipeline: the table to the encoder, the reference to the decoder
+    (teacher forcing, seq2seq_batches), prefixes in all three places; dev BLEU on greedy, cached generations.
+    (The shared E2E folder has no training file: a data folder made here holds a slice of the dev file as both.)"""
     from tokenizers import Tokenizer as Backend, models, normalizers, pre_tokenizers, processors
     import transformers
-    from data import corpus_bleu, load_task, seq2seq_batches
-    from minitransformer import load_pretrained
-    from methods.prefix_tuning import PrefixTuning, PrefixTuningConfig
-    from methods.shared.training import TrainConfig, train
-    tables = load_task("e2e_prefixtuning").splits["dev"][:8]
+    from data import load_task
+    from methods.prefix_tuning import PrefixTuningConfig
+    from methods.shared.pipeline import RunOptions, run
+    lines = (data_dir / "e2e" / "devset.csv").read_text().splitlines()[:41]  # the header and 40 references
+    (tmp_path / "data" / "e2e").mkdir(parents=True)
+    for name in ("trainset.csv", "devset.csv", "testset_w_refs.csv"):
+        (tmp_path / "data" / "e2e" / name).write_text("\n".join(lines) + "\n")
+    tables = load_task("e2e", str(tmp_path / "data")).splits["train"]
     words = sorted({w for t in tables for text in [t.source, *t.references] for w in text.lower().split()})
     vocabulary = ["<pad>", "</s>", "<unk>"] + words
     backend = Backend(models.WordLevel({w: i for i, w in enumerate(vocabulary)}, unk_token="<unk>"))
     backend.pre_tokenizer, backend.normalizer = pre_tokenizers.WhitespaceSplit(), normalizers.Lowercase()
     backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    backend.save(str(tmp_path / "tokenizer.json"))
+    base = tmp_path / "t5"
+    base.mkdir()
+    backend.save(str(base / "tokenizer.json"))
     torch.manual_seed(0)
     transformers.T5ForConditionalGeneration(transformers.T5Config(
         vocab_size=len(vocabulary), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        decoder_start_token_id=0, dropout_rate=0.0)).save_pretrained(tmp_path)
-    backbone, tokenizer = load_pretrained(str(tmp_path))
-    method = PrefixTuning(backbone, tokenizer, 0, PrefixTuningConfig(num_virtual_tokens=3, flat=True), "generation")
-    assert list(method.prefix) == ["encoder", "decoder", "cross"]
-    batch = next(seq2seq_batches(tables, tokenizer, 4, max_length=48))
-    assert (batch["labels"][:, 0] != -100).all() and method(batch).shape[:2] == batch["labels"].shape
-    steps = sum(len(t.references) for t in tables) // 8
-    result = train(method, lambda epoch: seq2seq_batches(tables, tokenizer, 8, True, epoch, 48), steps, None,
-                   TrainConfig(epochs=15, lr=5e-2, progress=False), device=torch.device("cpu"))
-    assert result.history[-1]["loss"] < result.history[0]["loss"]
-    texts = method.generate_texts(tokenizer, [t.source for t in tables[:6]], max_new_tokens=10)
-    assert len(texts) == 6 and any(texts)
-    assert 0 <= corpus_bleu(texts, [t.references for t in tables[:6]]) <= 1
+        decoder_start_token_id=0, dropout_rate=0.0)).save_pretrained(base)
+    options = RunOptions(model=str(base), task="e2e", data_dir=str(tmp_path / "data"), epochs=12, batch_size=8,
+                         lr=5e-2, limit_dev=4, max_length=48, max_new_tokens=10, out=str(tmp_path / "run"),
+                         progress=False)
+    model, record = run(PrefixTuningConfig(num_virtual_tokens=3, flat=True), options)
+    assert list(model.prefix) == ["encoder", "decoder", "cross"]
+    assert record.metric == "bleu" and record.steps == 12 * 5 and 0 <= record.dev_metric <= 1
+    assert record.history[-1]["loss"] < record.history[0]["loss"]
+    assert len(record.details["samples"]) == 4 and any(record.details["samples"])  # it writes words
 
 
 def test_an_encoder_prefix_is_what_a_hand_written_t5_encoder_with_prepended_keys_computes(tmp_path):
