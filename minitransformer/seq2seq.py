@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import Seq2SeqConfig
 from .model import ACTIVATIONS, Dropout, GrowingKeyValue, KeyValue, Padding
@@ -193,6 +194,7 @@ class Stack(nn.Module):
         self.embedding_norm = None if config.is_t5 else nn.LayerNorm(H, eps=config.layer_norm_eps)
         self.final_norm = norm(config) if config.is_t5 else None
         self.dropout = Dropout(config.hidden_dropout, config.fast)
+        self.gradient_checkpointing = False  # as in model.Transformer: keep each layer's inputs, redo the rest
 
     def position_bias(self, T: int, P: int, device) -> torch.Tensor:
         """T5's (1, heads, T, P+T) bias for queries at positions P.. and keys at 0..P+T-1."""
@@ -232,9 +234,11 @@ class Stack(nn.Module):
         padding = Padding(attention_mask if self.config.fast else None, B, T)
         x = self.dropout(padding.unpad(x))
         cache = []
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, (layer, layer_prefix, length) in enumerate(zip(self.layers, prefix, lengths)):
-            x, kv = layer(x, bias[..., P - length:], padding, layer_prefix, None if memory is None else memory[i],
-                          memory_bias)
+            inputs = (x, bias[..., P - length:], padding, layer_prefix, None if memory is None else memory[i],
+                      memory_bias)  # the prefix and the memory stay inputs of a recomputed layer
+            x, kv = checkpoint(layer, *inputs, use_reentrant=False) if recompute else layer(*inputs)
             cache.append(kv)
         if self.final_norm is not None:
             x = self.dropout(self.final_norm(x))
@@ -263,9 +267,16 @@ class EncoderDecoder(nn.Module):
         if not config.is_t5:
             self.register_buffer("final_logits_bias", torch.zeros(config.vocab_size))
         self.embed_scale = math.sqrt(config.hidden_size) if config.scale_embedding else 1.0
-        self.gradient_checkpointing = False
 
     has_lm_head = True
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.encoder.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, on: bool) -> None:  # both stacks (the pipeline's --gradient-checkpointing)
+        self.encoder.gradient_checkpointing = self.decoder.gradient_checkpointing = on
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.word_embeddings(input_ids) * self.embed_scale

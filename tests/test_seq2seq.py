@@ -251,3 +251,23 @@ def test_the_plain_path_equals_the_fast_one_in_outputs_and_gradients():
         outputs.append((out[decoder_mask.bool()].detach(), model.word_embeddings.weight.grad.clone()))
     torch.testing.assert_close(outputs[0][0], outputs[1][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(outputs[0][1], outputs[1][1], atol=1e-5, rtol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients_with_prefixes_everywhere():
+    torch.manual_seed(0)
+    config = Seq2SeqConfig(vocab_size=VOCAB, hidden_size=32, num_layers=2, num_decoder_layers=2, num_heads=4,
+                           head_dim=8, intermediate_size=64, hidden_dropout=0.0, attention_dropout=0.0)
+    model = EncoderDecoder(config).train()
+    ids, mask, decoder_ids, decoder_mask = padded_batch()
+    prefixes = {k: [(a.requires_grad_(), b.requires_grad_()) for a, b in v]
+                for k, v in random_prefixes(model, torch.Generator().manual_seed(4)).items()}
+    results = []
+    for on in (False, True):
+        model.gradient_checkpointing = on
+        loss = model.lm_logits(model(ids, mask, decoder_ids, decoder_mask, **prefixes)).logsumexp(-1).mean()
+        grads = torch.autograd.grad(loss, [t for v in prefixes.values() for kv in v for t in kv])
+        results.append((loss.detach(), grads))
+    assert model.encoder.gradient_checkpointing and model.decoder.gradient_checkpointing
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
