@@ -195,7 +195,8 @@ LESSON_6 = Experiment(
            ("deep, layers 1-3",)),
      Claim("Liu et al. 2022", "§4.4, prompt length: simple classification tasks prefer "
            "short prompts (under 20)",
-           "20 deep prompt tokens are no worse than 50", ("deep, all layers",), ("deep, P = 50",))))
+           "a shorter deep prompt (20 tokens) beats a longer one (50)", ("deep, all layers",),
+           ("deep, P = 50",))))
 
 NER_BUDGET = Budget("ner", steps=432, batch_size=16, eval_every=108, max_length=128)
 LESSON_6_NER = Experiment(
