@@ -174,7 +174,7 @@ LESSON_5 = Experiment(
     (Claim("Liu et al. 2021 (GPT understands, too)", "§3: the prompt vectors are produced by a prompt encoder "
            "(a bi-LSTM and an MLP) because training them directly optimizes poorly", "an LSTM encoder beats no encoder", ("LSTM encoder",),
            ("no encoder",)),
-     Claim("Liu et al. 2021", "later versions and P-tuning v2 (§3) use an MLP encoder too, "
+     Claim("Liu et al. 2021", "later versions and P-tuning v2 (§3.3) use an MLP encoder too, "
            "and find reparameterization helps on some tasks, not all", "an MLP encoder beats no encoder", ("MLP encoder",),
            ("no encoder",)),
      Claim("Liu et al. 2021", "§3, 'anchor tokens': task-related words in the template help (RTE)",
@@ -190,11 +190,11 @@ LESSON_6 = Experiment(
            "fine-tuning where input-only prompts fall behind",
            "deep prompts beat an input-only prompt of the same length", ("deep, all layers",),
            ("input only (prompt tuning)",)),
-     Claim("Liu et al. 2022", "§4.4, the prompt-depth figure: at equal depth, prompts in the upper "
-           "layers beat prompts in the lower ones (RTE, BoolQ)", "upper-layer prompts beat lower-layer prompts", ("deep, layers 4-6",),
+     Claim("Liu et al. 2022", "§4.4, the prompt-depth ablation: at equal depth, prompts in the "
+           "upper layers beat prompts in the lower ones (RTE, BoolQ)", "upper-layer prompts beat lower-layer prompts", ("deep, layers 4-6",),
            ("deep, layers 1-3",)),
-     Claim("Liu et al. 2022", "§4.4, prompt length: simple classification tasks prefer "
-           "short prompts (under 20)",
+     Claim("Liu et al. 2022", "§3.3, prompt length: simple classification tasks prefer "
+           "shorter prompts (under 20), hard sequence labelling longer ones (about 100)",
            "a shorter deep prompt (20 tokens) beats a longer one (50)", ("deep, all layers",),
            ("deep, P = 50",))))
 
