@@ -374,3 +374,22 @@ def test_an_encoder_prefix_is_what_a_hand_written_t5_encoder_with_prepended_keys
         expected = reference.encoder.final_layer_norm(x)
     real = mask.bool()
     torch.testing.assert_close(mine[real], expected[real], atol=1e-5, rtol=1e-5)
+
+
+def test_eject_folds_every_places_mlp_away_with_the_same_label_scores(tmp_path):
+    from minitransformer import load_pretrained
+    from methods.prefix_tuning import PrefixTuning, PrefixTuningConfig
+    save_tiny("bart", tmp_path)
+    backbone, tokenizer = load_pretrained(str(tmp_path))
+    torch.manual_seed(3)
+    method = PrefixTuning(backbone, tokenizer, 2, PrefixTuningConfig(num_virtual_tokens=3, mlp_hidden=16),
+                          verbalizer=LABEL_WORDS).eval()
+    batch = tokenizer.encode(["w4 w5 w6", "w7"])
+    with torch.no_grad():
+        before = method(batch)
+        trainable_before = sum(p.numel() for p in method.parameters() if p.requires_grad)
+        method.eject()
+        after = method(batch)
+    assert method.config.flat and all(not place.reparameterized for place in method.prefix.values())
+    assert sum(p.numel() for p in method.parameters() if p.requires_grad) < trainable_before
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
