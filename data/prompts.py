@@ -88,3 +88,29 @@ def check_verbalizer(verbalizer: list[str], tokenizer) -> list[int]:
             "scores one token per label. Choose a more common word (e.g. 'great' rather than 'splendid'); "
             "for GPT-2/RoBERTa the word is looked up with its leading space.")
     return label_word_ids
+
+
+def parse_verbalizer(words: list[str], label_names: list[str]) -> list[str]:
+    """`label=word` pairs (any order), or one word per label in label order -> words in label order."""
+    named = all("=" in word for word in words)
+    mapping = dict(word.split("=", 1) for word in words) if named else dict(zip(label_names, words))
+    missing = [name for name in label_names if name not in mapping]
+    extra = [name for name in mapping if name not in label_names] if named else words[len(label_names):]
+    if missing or extra:
+        raise VerbalizerError(f"The verbalizer needs one word for each label ({', '.join(label_names)})"
+                              + (f"; no word for {missing}" if missing else "")
+                              + (f"; not labels of this task: {extra}" if extra else "")
+                              + f". Write e.g. --verbalizer {' '.join(name + '=WORD' for name in label_names)}.")
+    return [mapping[name] for name in label_names]
+
+
+def longest_prompt(examples: list[Example], tokenizer, template: str) -> int:
+    """Tokens (special ones included) in the longest prompt that `template` makes from `examples`."""
+    texts = [apply_template(template, example, tokenizer.mask_token) for example in examples]
+    return int(tokenizer.encode(texts)["attention_mask"].sum(1).max())
+
+
+def check_fits(longest: int, tokenizer) -> None:  # prompts are never cut: that could remove the slot
+    if longest > tokenizer.model_max_length:
+        raise ValueError(f"The longest prompt is {longest} tokens, but the model reads at most "
+                         f"{tokenizer.model_max_length}: use fewer demonstrations (--shots) or a shorter template.")

@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data import Example, Task, VerbalizerError, apply_template, batches, check_template, k_shot, load_task
+from data import Example, Task, batches, check_template, k_shot, load_task
+from data.prompts import check_fits, longest_prompt, parse_verbalizer  # noqa: F401 (parse_verbalizer: re-exported)
 from minitransformer import Tokenizer, Transformer
 
 from methods.shared.distributed import is_main, say
@@ -143,20 +144,6 @@ def with_task_prompts(config: HardPromptConfig, task) -> HardPromptConfig:
     return replace(config, templates=templates, verbalizer=verbalizer)
 
 
-def parse_verbalizer(words: list[str], label_names: list[str]) -> list[str]:
-    """`label=word` pairs (any order), or one word per label in label order -> words in label order."""
-    named = all("=" in word for word in words)
-    mapping = dict(word.split("=", 1) for word in words) if named else dict(zip(label_names, words))
-    missing = [name for name in label_names if name not in mapping]
-    extra = [name for name in mapping if name not in label_names] if named else words[len(label_names):]
-    if missing or extra:
-        raise VerbalizerError(f"The verbalizer needs one word for each label ({', '.join(label_names)})"
-                              + (f"; no word for {missing}" if missing else "")
-                              + (f"; not labels of this task: {extra}" if extra else "")
-                              + f". Write e.g. --verbalizer {' '.join(name + '=WORD' for name in label_names)}.")
-    return [mapping[name] for name in label_names]
-
-
 def demonstrations(pool: list[Example], shots: int, num_labels: int, seed: int, random_labels: bool = False
                    ) -> list[tuple[Example, int]]:
     """k examples per class (seeded, data.k_shot) with the label each demonstration shows.
@@ -180,12 +167,6 @@ def icl_template(template: str, demos: list[tuple[Example, int]], verbalizer: li
     return SEPARATOR.join(blocks + [template])
 
 
-def longest_prompt(examples: list[Example], tokenizer: Tokenizer, template: str) -> int:
-    """Tokens (special ones included) in the longest prompt that `template` makes from `examples`."""
-    texts = [apply_template(template, example, tokenizer.mask_token) for example in examples]
-    return int(tokenizer.encode(texts)["attention_mask"].sum(1).max())
-
-
 def evaluate_splits(model: HardPrompt, tokenizer: Tokenizer, task: Task, device: torch.device,
                     splits: tuple[str, ...] = ("dev", "test")) -> dict[str, float]:
     """{"dev_metric": ..., "test_metric": ...} for the splits the task has, prompts never cut (see scoring_options)."""
@@ -195,12 +176,6 @@ def evaluate_splits(model: HardPrompt, tokenizer: Tokenizer, task: Task, device:
         examples = batches(task.splits[split], tokenizer, 32, template=model.template)
         scores[f"{split}_metric"] = evaluate(model, examples, task.metric, device)
     return scores
-
-
-def check_fits(longest: int, tokenizer: Tokenizer) -> None:  # prompts are never cut: that could remove the slot
-    if longest > tokenizer.model_max_length:
-        raise ValueError(f"The longest prompt is {longest} tokens, but the model reads at most "
-                         f"{tokenizer.model_max_length}: use fewer demonstrations (--shots) or a shorter template.")
 
 
 def scoring_options(options: RunOptions, task: Task, tokenizer: Tokenizer, template: str) -> RunOptions:

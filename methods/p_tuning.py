@@ -34,7 +34,6 @@ which sees the whole input and which the encoder writes directly (with --layout 
 """
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass
 
 import torch
@@ -42,14 +41,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from data.prompts import label_word
 from minitransformer import Tokenizer, Transformer
 
 from methods.shared.heads import TaskHead, freeze
 from methods.shared.options import option, positive_int
 from methods.shared.pipeline import command_line, parse_command_line, run
-from methods.shared.prompting import (check_position_budget, choose_head, encode_with_prompt, for_task,
-                                      read_positions, run_with_prompt)
+from methods.shared.prompting import (check_position_budget, choose_head, encode_with_prompt, for_task,  # noqa: F401
+                                      parse_template, read_positions, run_with_prompt, shape_template)
 from methods.shared.text_to_text import LabelTargets, is_encoder_decoder, label_scores, text_to_text_head
 
 ENCODERS = ("lstm", "mlp", "none")
@@ -117,52 +115,6 @@ class PromptEncoder(nn.Module):
         if self.lstm is not None:
             x = self.lstm(x.unsqueeze(0))[0].squeeze(0)         # (m, 2h): each vector sees both neighbours
         return self.mlp(x)                                      # (m, H)
-
-
-def shape_template(shape: str) -> str:
-    """The paper's shape notation "a,b,c" -> "{p:a} {text} {p:b} {mask} {p:c}"."""
-    try:
-        a, b, c = (int(part) for part in shape.split(","))
-    except ValueError:
-        raise ValueError(f"--shape takes three counts like 3,3,3 (prompts, input, prompts, [MASK], prompts); "
-                         f"got {shape!r}.") from None
-    return f"{{p:{a}}} {{text}} {{p:{b}}} {{mask}} {{p:{c}}}"
-
-
-def parse_template(template: str, tokenizer: Tokenizer, is_decoder: bool, pair: bool) -> list[tuple]:
-    """The template as pieces: ("prompt", first, count), ("anchor", ids), ("mask",), ("text",), ("text_pair",)."""
-    pieces, used, next_prompt, after_mask = [], [], 0, False
-    for literal, field, spec, _ in string.Formatter().parse(template):
-        used += [field] if field is not None else []
-        if after_mask and is_decoder:  # GPT-2 predicts the label as the next token: the sequence ends at {mask}
-            if field in ("text", "text_pair"):
-                raise ValueError(f"In {template!r} the input comes after {{mask}}; GPT-2 predicts the next "
-                                 "token, so the input must come before it.")
-            continue
-        if literal.strip():  # anchor text; byte-level BPE gets the space a word has mid-sentence (" ?" is not "?")
-            pieces.append(("anchor", tokenizer.token_ids(label_word(literal.strip(), tokenizer))))
-        if field == "p":
-            if not spec.isdigit():
-                raise ValueError(f"A prompt slot is written {{p:N}} with a count N, got {{p:{spec}}} in {template!r}.")
-            if int(spec):
-                pieces.append(("prompt", next_prompt, int(spec)))
-                next_prompt += int(spec)
-        elif field == "mask":
-            after_mask = True
-            pieces += [] if is_decoder else [("mask",)]
-        elif field in ("text", "text_pair"):
-            pieces.append((field,))
-        elif field is not None:
-            raise ValueError(f"Unknown slot {{{field}}} in template {template!r}; use {{p:N}}, {{text}}, "
-                             "{text_pair} and {mask}.")
-    if used.count("text") != 1 or used.count("mask") > 1 or used.count("text_pair") > 1:
-        raise ValueError(f"Template {template!r} needs {{text}} exactly once and {{mask}}, {{text_pair}} at most once.")
-    if "text_pair" in used and (not pair or is_decoder):
-        raise ValueError("{text_pair} needs a pair task and an encoder (its separator marks where the pair "
-                         "starts); use {text} alone for the whole input.")
-    if next_prompt == 0:
-        raise ValueError(f"Template {template!r} has no prompt vectors: add {{p:N}} slots.")
-    return pieces
 
 
 class PTuning(nn.Module):

@@ -44,9 +44,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from data.batching import table_prompt
 from data.tasks import TASK_SPECS
-from minitransformer import Tokenizer, Transformer, TransformerConfig, generate, generate_seq2seq
+from minitransformer import Tokenizer, Transformer, TransformerConfig
 from minitransformer.config import Seq2SeqConfig
 from minitransformer.model import KeyValue
 
@@ -54,11 +53,12 @@ from methods.shared.distributed import say
 from methods.shared.heads import TaskHead, freeze
 from methods.shared.options import option, positive_int
 from methods.shared.pipeline import command_line, output_dir, parse_command_line, run, save_method
-from methods.shared.prompting import choose_head, for_task, read_positions
+from methods.shared.generation import generate_texts  # noqa: F401 (re-exported: the lessons import it from here)
+from methods.shared.prompting import (PLACES, choose_head, for_task, parse_layers, parse_places,  # noqa: F401
+                                      read_positions)  # PLACES, parse_layers: re-exported
 from methods.shared.text_to_text import LabelTargets, is_encoder_decoder, label_scores, text_to_text_head
 from methods.shared.training import count_parameters
 
-PLACES = ("encoder", "decoder", "cross")
 
 # An MLP-made prefix needs a small step (peft: majority class at 1e-3); a flat one is a direct prompt.
 DEFAULT_LR = {"mlp": 3e-4, "flat": 1e-2}
@@ -86,35 +86,6 @@ class PrefixTuningConfig:
     @property
     def default_lr(self) -> float:
         return DEFAULT_LR["flat" if self.flat else "mlp"]
-
-
-def parse_places(spec: str) -> list[str]:
-    """The attentions named by --placement: "all" or a comma-separated subset of encoder, decoder, cross."""
-    places = list(PLACES) if spec.strip() == "all" else [p.strip() for p in spec.split(",") if p.strip()]
-    unknown = [p for p in places if p not in PLACES]
-    if unknown or not places:
-        raise ValueError(f"--placement {spec!r}: choose all, or any of {', '.join(PLACES)} separated by commas "
-                         "(e.g. encoder,cross).")
-    return [p for p in PLACES if p in places]
-
-
-def parse_layers(spec: str, num_layers: int) -> list[int] | None:
-    """0-based indices of the layers named by a 1-based spec like "4-6" or "1,3-4"; None for "all"."""
-    if spec.strip() == "all":
-        return None
-    layers = []
-    for part in spec.split(","):
-        first, _, last = part.strip().partition("-")
-        try:
-            start, end = int(first), int(last or first)
-        except ValueError:
-            raise ValueError(f"--prompt-layers {spec!r} is not understood: write 'all', a layer such as '3', or "
-                             "1-based inclusive ranges such as '4-6' or '1,3-4'.") from None
-        if not 1 <= start <= end <= num_layers:
-            raise ValueError(f"--prompt-layers {spec!r} is outside this model: it has layers 1 to {num_layers} "
-                             "(1-based, inclusive ranges such as '4-6').")
-        layers.extend(range(start - 1, end))
-    return sorted(set(layers))
 
 
 class PrefixEncoder(nn.Module):
@@ -304,34 +275,6 @@ def mixed_task_logits(methods: list[PrefixTuning], batch: dict) -> list[torch.Te
         for row, logits in zip(picked.tolist(), method.read(hidden[picked], sub_batch) if len(picked) else []):
             rows[row] = logits
     return rows
-
-
-# ---- table-to-text generation (GPT-2) ---------------------------------------------------------
-
-@torch.no_grad()
-def generate_texts(method: PrefixTuning, tokenizer: Tokenizer, sources: list[str], max_new_tokens: int = 60,
-                   batch_size: int = 32) -> list[str]:
-    """Greedy continuations of "source ||" with the method's prefix (cached decoding), up to eos."""
-    method.eval()
-    device, texts = next(method.parameters()).device, []
-    if isinstance(method.prefix, PlacedPrefixes):  # T5 / BART: the table to the encoder, the decoder writes
-        prefix = method.prefix()
-        for start in range(0, len(sources), batch_size):
-            batch = tokenizer.encode(sources[start:start + batch_size])
-            out = generate_seq2seq(method.backbone, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                   max_new_tokens, eos_id=tokenizer.eos_id, encoder_prefix=prefix.get("encoder"),
-                                   decoder_prefix=prefix.get("decoder"), cross_prefix=prefix.get("cross"))
-            for row in out[:, 1:].tolist():  # after the start token, up to eos
-                texts.append(tokenizer.decode(row[:row.index(tokenizer.eos_id)] if tokenizer.eos_id in row else row).strip())
-        return texts
-    for start in range(0, len(sources), batch_size):
-        batch = tokenizer.encode([table_prompt(s) for s in sources[start:start + batch_size]], padding_side="left",
-                                 add_special_tokens=False)
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        out = generate(method.backbone, ids, mask, max_new_tokens, eos_id=tokenizer.eos_id, prefix=method.prefix())
-        for row in out[:, ids.shape[1]:].tolist():
-            texts.append(tokenizer.decode(row[:row.index(tokenizer.eos_id)] if tokenizer.eos_id in row else row).strip())
-    return texts
 
 
 def main(argv: list[str] | None = None):

@@ -232,12 +232,12 @@ def test_the_run_pipeline_trains_text_to_text_on_t5_and_saves_what_load_method_r
     from methods.shared.pipeline import RunOptions, load_method, run
     base = tiny_t5_for_the_builtin_set(tmp_path / "t5")
     config = registry.get(method.split(" ")[0]).config_class(**PIPELINE_METHODS[method])
-    options = RunOptions(model=str(base), task="builtin_sentiment", max_steps=24, epochs=5, batch_size=16,
-                         lr=3e-3 if method == "fine_tuning" else 3e-2, eval_every=12, max_length=32, out=str(tmp_path / "run"), progress=False,
+    options = RunOptions(model=str(base), task="builtin_sentiment", max_steps=12, epochs=5, batch_size=16,
+                         lr=3e-3 if method == "fine_tuning" else 3e-2, eval_every=6, max_length=32, out=str(tmp_path / "run"), progress=False,
                          skip_test=True)
     model, record = run(config, options)
     losses = [h["loss"] for h in record.history]
-    assert record.outcome == "finished" and record.steps == 24 and losses[-1] < losses[0], losses
+    assert record.outcome == "finished" and record.steps == 12 and losses[-1] < losses[0], losses
     reloaded, tokenizer = load_method(tmp_path / "run")
     batch = tokenizer.encode(["a great , moving film", "dull and tedious"])
     with torch.no_grad():
@@ -284,24 +284,36 @@ def test_zero_shot_hard_prompt_on_t5_scores_label_words_as_the_decoders_answer(t
             torch.testing.assert_close(scores[:, c], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_compare_on_a_t5_runs_every_method_that_applies(tmp_path):
-    """methods.compare --model <a T5>: the text-to-text line-up (zero-shot hard prompt instead of a head,
-    no BitFit: T5 has no biases), each method as its own command line, a record and a table for each."""
+def test_compare_on_a_t5_runs_the_text_to_text_line_up(tmp_path):
+    """methods.compare on encoder-decoders: the text-to-text line-up (a zero-shot hard prompt instead of a head,
+    every PEFT method, full fine-tuning; no BitFit on T5, which has no biases), and end to end on a tiny T5 a
+    zero-shot, a prompt and a LoRA run, each as its own command line with a record (every method's own
+    command-line path on a T5 is the test above)."""
     import json
     import subprocess
     import sys
-    from methods.compare import SEQ2SEQ_METHODS
+    from methods.compare import SEQ2SEQ_METHODS, lineup_for
+    names = ["zero_shot", "prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "bitfit", "adapters", "lora",
+             "full_fine_tuning"]
+    assert list(SEQ2SEQ_METHODS) == names
+    assert list(lineup_for("facebook/bart-base")[0]) == names
+    methods, left_out = lineup_for("t5-small")
+    assert list(methods) == [n for n in names if n != "bitfit"] and "T5 has no biases" in left_out
     base = tiny_t5_for_the_builtin_set(tmp_path / "t5")
+    assert list(lineup_for(str(base))[0]) == list(methods)  # a local folder: read from its config.json
     out = tmp_path / "compare"
     done = subprocess.run([sys.executable, "-m", "methods.compare", "--model", str(base), "--task",
-                           "builtin_sentiment", "--max-steps", "3", "--eval-every", "3", "--max-length", "32",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+                           "builtin_sentiment", "--methods", "zero_shot,prompt_tuning,lora", "--max-steps", "3",
+                           "--eval-every", "3", "--max-length", "32", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "bitfit left out: T5 has no biases" in done.stdout
     records = json.loads((out / "results.json").read_text())["records"]
-    assert [r["method"] for r in records] == [m for m in SEQ2SEQ_METHODS if m != "bitfit"]
+    assert [r["method"] for r in records] == ["zero_shot", "prompt_tuning", "lora"]
     assert all("error" not in r for r in records), [r.get("error") for r in records]
     assert records[0]["steps"] == 0 and all(r["steps"] == 3 for r in records[1:])  # zero-shot trains nothing
+    bitfit = subprocess.run([sys.executable, "-m", "methods.compare", "--model", str(base), "--methods", "bitfit"],
+                            capture_output=True, text=True, timeout=120)
+    assert bitfit.returncode == 2 and "T5 has no biases" in bitfit.stderr
 
 
 def test_prefix_tuning_trains_table_to_text_on_t5_and_scores_bleu_on_generated_text(tmp_path, data_dir):

@@ -19,12 +19,15 @@ The "auto" head, one rule for every method (`choose_head`):
 from __future__ import annotations
 
 import dataclasses
+import string
 
 import torch
 
-from minitransformer import Transformer
+from data.prompts import label_word
+from minitransformer import Tokenizer, Transformer
 
 HEAD_KINDS = ("classifier", "verbalizer", "token")
+PLACES = ("encoder", "decoder", "cross")  # where an encoder-decoder's prefixes can go (prefix tuning's --placement)
 
 
 def choose_head(requested: str, task_kind: str, backbone: Transformer, verbalizer: list[str] | None,
@@ -122,3 +125,80 @@ def encode_with_prompt(backbone, prompt: torch.Tensor, batch: dict) -> tuple[tor
     inputs_embeds = torch.cat([prompt.unsqueeze(0).expand(B, -1, -1), backbone.embed(input_ids)], dim=1)
     attention_mask = torch.cat([attention_mask.new_ones(B, n), attention_mask], dim=1)
     return backbone.encode(inputs_embeds=inputs_embeds, attention_mask=attention_mask), attention_mask
+
+
+def parse_places(spec: str) -> list[str]:
+    """The attentions named by --placement: "all" or a comma-separated subset of encoder, decoder, cross."""
+    places = list(PLACES) if spec.strip() == "all" else [p.strip() for p in spec.split(",") if p.strip()]
+    unknown = [p for p in places if p not in PLACES]
+    if unknown or not places:
+        raise ValueError(f"--placement {spec!r}: choose all, or any of {', '.join(PLACES)} separated by commas "
+                         "(e.g. encoder,cross).")
+    return [p for p in PLACES if p in places]
+
+
+def parse_layers(spec: str, num_layers: int) -> list[int] | None:
+    """0-based indices of the layers named by a 1-based spec like "4-6" or "1,3-4"; None for "all"."""
+    if spec.strip() == "all":
+        return None
+    layers = []
+    for part in spec.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            start, end = int(first), int(last or first)
+        except ValueError:
+            raise ValueError(f"--prompt-layers {spec!r} is not understood: write 'all', a layer such as '3', or "
+                             "1-based inclusive ranges such as '4-6' or '1,3-4'.") from None
+        if not 1 <= start <= end <= num_layers:
+            raise ValueError(f"--prompt-layers {spec!r} is outside this model: it has layers 1 to {num_layers} "
+                             "(1-based, inclusive ranges such as '4-6').")
+        layers.extend(range(start - 1, end))
+    return sorted(set(layers))
+
+
+# ---- P-tuning's templates: where its prompt vectors go among the input's tokens ----------------------
+
+def shape_template(shape: str) -> str:
+    """The paper's shape notation "a,b,c" -> "{p:a} {text} {p:b} {mask} {p:c}"."""
+    try:
+        a, b, c = (int(part) for part in shape.split(","))
+    except ValueError:
+        raise ValueError(f"--shape takes three counts like 3,3,3 (prompts, input, prompts, [MASK], prompts); "
+                         f"got {shape!r}.") from None
+    return f"{{p:{a}}} {{text}} {{p:{b}}} {{mask}} {{p:{c}}}"
+
+
+def parse_template(template: str, tokenizer: Tokenizer, is_decoder: bool, pair: bool) -> list[tuple]:
+    """The template as pieces: ("prompt", first, count), ("anchor", ids), ("mask",), ("text",), ("text_pair",)."""
+    pieces, used, next_prompt, after_mask = [], [], 0, False
+    for literal, field, spec, _ in string.Formatter().parse(template):
+        used += [field] if field is not None else []
+        if after_mask and is_decoder:  # GPT-2 predicts the label as the next token: the sequence ends at {mask}
+            if field in ("text", "text_pair"):
+                raise ValueError(f"In {template!r} the input comes after {{mask}}; GPT-2 predicts the next "
+                                 "token, so the input must come before it.")
+            continue
+        if literal.strip():  # anchor text; byte-level BPE gets the space a word has mid-sentence (" ?" is not "?")
+            pieces.append(("anchor", tokenizer.token_ids(label_word(literal.strip(), tokenizer))))
+        if field == "p":
+            if not spec.isdigit():
+                raise ValueError(f"A prompt slot is written {{p:N}} with a count N, got {{p:{spec}}} in {template!r}.")
+            if int(spec):
+                pieces.append(("prompt", next_prompt, int(spec)))
+                next_prompt += int(spec)
+        elif field == "mask":
+            after_mask = True
+            pieces += [] if is_decoder else [("mask",)]
+        elif field in ("text", "text_pair"):
+            pieces.append((field,))
+        elif field is not None:
+            raise ValueError(f"Unknown slot {{{field}}} in template {template!r}; use {{p:N}}, {{text}}, "
+                             "{text_pair} and {mask}.")
+    if used.count("text") != 1 or used.count("mask") > 1 or used.count("text_pair") > 1:
+        raise ValueError(f"Template {template!r} needs {{text}} exactly once and {{mask}}, {{text_pair}} at most once.")
+    if "text_pair" in used and (not pair or is_decoder):
+        raise ValueError("{text_pair} needs a pair task and an encoder (its separator marks where the pair "
+                         "starts); use {text} alone for the whole input.")
+    if next_prompt == 0:
+        raise ValueError(f"Template {template!r} has no prompt vectors: add {{p:N}} slots.")
+    return pieces
