@@ -14,7 +14,6 @@ ours / theirs after a warm-up (benchmarks/train_step.py's timing); the ratio is 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -28,7 +27,7 @@ from methods.shared.prompting import encode_with_prompt
 from methods.shared.text_to_text import lm_loss
 from minitransformer import load_pretrained
 
-from train_step import alternate, make_step, sst2_batches
+from train_step import alternate, make_step, sst2_batches, write_report
 
 T5_SMALL = dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8,
                 decoder_start_token_id=0, dropout_rate=0.1)
@@ -123,10 +122,7 @@ def main() -> None:
               "transformers": transformers.__version__, "machine": f"{platform.machine()} {platform.processor()}".strip(),
               "date": time.strftime("%Y-%m-%d"), "model": "t5-small shapes, random weights", "batch_size": 32,
               "max_length": 64, "virtual_tokens": VIRTUAL_TOKENS, "results": results}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
-    print(json.dumps(report, indent=2))
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

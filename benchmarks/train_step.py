@@ -153,8 +153,13 @@ def main() -> None:
               "virtual_tokens": VIRTUAL_TOKENS, "results": results}
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(device)
-    if args.out:
-        with open(args.out, "w") as f:
+    write_report(report, args.out)
+
+
+def write_report(report: dict, out: str | None) -> None:
+    """The benchmark's JSON, printed, and written to `out` if given."""
+    if out:
+        with open(out, "w") as f:
             json.dump(report, f, indent=2)
     print(json.dumps(report, indent=2))
 

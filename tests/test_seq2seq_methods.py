@@ -14,7 +14,7 @@ import warnings
 import pytest
 import torch
 
-from tests.test_seq2seq import CONFIGS, VOCAB, padded_batch, reference_model
+from tests.test_seq2seq import CONFIGS, VOCAB, padded_batch, random_prefixes, reference_model
 
 peft = pytest.importorskip("peft")
 warnings.filterwarnings("ignore")
@@ -138,11 +138,8 @@ def test_a_cross_prefix_is_what_transformers_computes_from_prefilled_cross_atten
     from minitransformer import load_pretrained
     reference = save_tiny(kind, tmp_path)
     backbone, _ = load_pretrained(str(tmp_path))
-    c = backbone.config
-    P, g = 3, torch.Generator().manual_seed(5)
-    prefix = [(torch.randn(1, c.num_heads, P, c.head_dim, generator=g), torch.randn(1, c.num_heads, P, c.head_dim,
-                                                                                   generator=g))
-              for _ in range(c.num_decoder_layers)]
+    P = 3
+    prefix = random_prefixes(backbone, torch.Generator().manual_seed(5), P, places=("cross",))["cross_prefix"]
     ids, mask, decoder_ids, decoder_mask = padded_batch()
     B = ids.shape[0]
     with torch.no_grad():
@@ -197,15 +194,11 @@ def test_export_peft_writes_a_seq2seq_adapter_that_peft_loads_with_our_logits(ki
     torch.testing.assert_close(mine.detach()[real], out.logits[real], atol=1e-5, rtol=1e-5)
 
 
-def tiny_t5_for_the_builtin_set(base):
-    """A tiny random T5 whose word-level vocabulary holds every word of the built-in sentiment set."""
+def word_level_t5(base, words):
+    """A tiny random T5 saved in `base` with a lower-casing word-level tokenizer over `words`."""
     from tokenizers import Tokenizer as Backend, models, normalizers, pre_tokenizers, processors
     import transformers
-    from data import load_task
-    task = load_task("builtin_sentiment")
-    words = sorted({w for e in task.splits["train"] + task.splits["dev"] for w in e.text.lower().split()}
-                   | set(task.verbalizer))
-    vocabulary = ["<pad>", "</s>", "<unk>"] + words
+    vocabulary = ["<pad>", "</s>", "<unk>"] + sorted(words)
     backend = Backend(models.WordLevel({w: i for i, w in enumerate(vocabulary)}, unk_token="<unk>"))
     backend.pre_tokenizer, backend.normalizer = pre_tokenizers.WhitespaceSplit(), normalizers.Lowercase()
     backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
@@ -216,6 +209,14 @@ def tiny_t5_for_the_builtin_set(base):
         vocab_size=len(vocabulary), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
         decoder_start_token_id=0, dropout_rate=0.0)).save_pretrained(base)
     return base
+
+
+def tiny_t5_for_the_builtin_set(base):
+    """A tiny random T5 whose vocabulary holds every word of the built-in sentiment set."""
+    from data import load_task
+    task = load_task("builtin_sentiment")
+    return word_level_t5(base, {w for e in task.splits["train"] + task.splits["dev"] for w in e.text.lower().split()}
+                         | set(task.verbalizer))
 
 
 PIPELINE_METHODS = {"prompt_tuning": {"num_virtual_tokens": 4}, "prefix_tuning": {"num_virtual_tokens": 4},
@@ -320,8 +321,6 @@ def test_prefix_tuning_trains_table_to_text_on_t5_and_scores_bleu_on_generated_t
     """E2E on an encoder-decoder through the run pipeline: the table to the encoder, the reference to the decoder
     (teacher forcing, seq2seq_batches), prefixes in all three places; dev BLEU on greedy, cached generations.
     (The shared E2E folder has no training file: a data folder made here holds a slice of the dev file as both.)"""
-    from tokenizers import Tokenizer as Backend, models, normalizers, pre_tokenizers, processors
-    import transformers
     from data import load_task
     from methods.prefix_tuning import PrefixTuningConfig
     from methods.shared.pipeline import RunOptions, run
@@ -330,18 +329,8 @@ def test_prefix_tuning_trains_table_to_text_on_t5_and_scores_bleu_on_generated_t
     for name in ("trainset.csv", "devset.csv", "testset_w_refs.csv"):
         (tmp_path / "data" / "e2e" / name).write_text("\n".join(lines) + "\n")
     tables = load_task("e2e", str(tmp_path / "data")).splits["train"]
-    words = sorted({w for t in tables for text in [t.source, *t.references] for w in text.lower().split()})
-    vocabulary = ["<pad>", "</s>", "<unk>"] + words
-    backend = Backend(models.WordLevel({w: i for i, w in enumerate(vocabulary)}, unk_token="<unk>"))
-    backend.pre_tokenizer, backend.normalizer = pre_tokenizers.WhitespaceSplit(), normalizers.Lowercase()
-    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    base = tmp_path / "t5"
-    base.mkdir()
-    backend.save(str(base / "tokenizer.json"))
-    torch.manual_seed(0)
-    transformers.T5ForConditionalGeneration(transformers.T5Config(
-        vocab_size=len(vocabulary), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        decoder_start_token_id=0, dropout_rate=0.0)).save_pretrained(base)
+    base = word_level_t5(tmp_path / "t5", {w for t in tables for text in [t.source, *t.references]
+                                           for w in text.lower().split()})
     options = RunOptions(model=str(base), task="e2e", data_dir=str(tmp_path / "data"), epochs=12, batch_size=8,
                          lr=5e-2, limit_dev=4, max_length=48, max_new_tokens=10, out=str(tmp_path / "run"),
                          progress=False)
@@ -359,11 +348,8 @@ def test_an_encoder_prefix_is_what_a_hand_written_t5_encoder_with_prepended_keys
     from minitransformer import load_pretrained
     reference = save_tiny("t5", tmp_path)
     backbone, _ = load_pretrained(str(tmp_path))
-    c = backbone.config
-    P, g = 3, torch.Generator().manual_seed(6)
-    prefix = [(torch.randn(1, c.num_heads, P, c.head_dim, generator=g), torch.randn(1, c.num_heads, P, c.head_dim,
-                                                                                   generator=g))
-              for _ in range(c.num_layers)]
+    c, P = backbone.config, 3
+    prefix = random_prefixes(backbone, torch.Generator().manual_seed(6), P, places=("encoder",))["encoder_prefix"]
     ids, mask, _, _ = padded_batch()
     (B, T), H = ids.shape, c.num_heads
     with torch.no_grad():
