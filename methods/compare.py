@@ -26,52 +26,12 @@ import time
 from pathlib import Path
 
 from data import DataNotFoundError, load_task
-from methods import registry
+# the line-ups live in methods/lineup.py; METHODS and lineup_for are imported from here too
+from methods.lineup import METHODS, SEQ2SEQ_METHODS, lineup_for  # noqa: F401
 from methods.shared.files import atomic_path, write_json
-from methods.shared.options import DEFAULT_MODEL, positive_int, to_argv
+from methods.shared.options import DEFAULT_MODEL, positive_int
 from methods.shared.plots import plot_comparison
-from minitransformer.config import SEQ2SEQ_MODEL_TYPES
-from minitransformer.loading import model_type_of
 
-# The line-up, in the order of the table: each method with the options that set its variant apart.
-LINEUP: list[tuple[str, dict]] = [
-    ("fine_tuning", {"mode": "head"}), ("hard_prompt", {"mode": "template-head"}), ("prompt_tuning", {}),
-    ("p_tuning", {}), ("prefix_tuning", {}), ("p_tuning_v2", {}), ("bitfit", {}), ("adapters", {}), ("lora", {}),
-    ("fine_tuning", {"mode": "full"}),
-]
-
-
-# On an encoder-decoder (T5, BART) every method answers text-to-text (the decoder writes the label word): no
-# new head to train alone, and a zero-shot hard prompt instead of template + head (FLAN-T5 follows instructions).
-SEQ2SEQ_LINEUP: list[tuple[str, dict]] = [
-    ("hard_prompt", {"mode": "zero-shot"}), ("prompt_tuning", {}), ("p_tuning", {}), ("prefix_tuning", {}),
-    ("p_tuning_v2", {}), ("bitfit", {}), ("adapters", {}), ("lora", {}), ("fine_tuning", {"mode": "full"}),
-]
-NO_BIASES = ("t5",)  # BitFit has nothing to train there
-
-
-def lineup(entries_in: list[tuple[str, dict]] | None = None) -> dict[str, tuple[str, list[str]]]:
-    """run name -> (module, its extra command-line words), the names as the registry gives them."""
-    entries = {}
-    for name, overrides in LINEUP if entries_in is None else entries_in:
-        method = registry.get(name)
-        config = method.config_class(**overrides)
-        entries[registry.run_name(config)] = (method.module, to_argv(method.config_class, overrides))
-    return entries
-
-
-METHODS: dict[str, tuple[str, list[str]]] = lineup()
-SEQ2SEQ_METHODS: dict[str, tuple[str, list[str]]] = lineup(SEQ2SEQ_LINEUP)
-
-
-def lineup_for(model: str) -> tuple[dict[str, tuple[str, list[str]]], str]:
-    """The line-up that applies to this model (from its config.json, or its name), and what was left out."""
-    model_type = model_type_of(model)
-    if model_type not in SEQ2SEQ_MODEL_TYPES:
-        return METHODS, ""
-    if model_type in NO_BIASES:
-        return {k: v for k, v in SEQ2SEQ_METHODS.items() if k != "bitfit"}, "bitfit left out: T5 has no biases"
-    return SEQ2SEQ_METHODS, ""
 # The built-in sentiment set (the offline fallback) has 240 training sentences: one epoch is 8 steps of 32, too
 # few to learn anything; 10 epochs (80 steps) let the methods separate (README, "First looks").
 BUILTIN_EPOCHS, BUILTIN_EVAL_EVERY = 10, 16
