@@ -78,3 +78,28 @@ def test_records_are_replayed_without_training_and_a_run_is_made_only_where_one_
     monkeypatch.setenv("LESSON_RETRAIN", "short")
     retrained = ex.results_for("tiny")
     assert retrained.source == "trained now" and retrained.scores("short") == replayed.scores("short")  # same seed
+
+
+def test_the_committed_records_are_the_runs_their_experiments_describe_and_the_readme_shows_their_verdicts(
+        monkeypatch):
+    """Every committed record was made at its experiment's budget, with its setting's options and its seed, by the
+    command it names; README.md's table 'What the lessons reproduce' is what the records give now."""
+    monkeypatch.setattr(ex, "FAST", False)
+    for experiment in ex.EXPERIMENTS.values():
+        b = experiment.budget
+        for setting in experiment.settings:
+            for seed in b.seeds:
+                path = ex.record_path(experiment, setting, seed)
+                if not path.exists():
+                    continue  # still to run: the README says "pending" for it (checked below)
+                record = json.loads(path.read_text())
+                options = record["options"]
+                assert (record["steps"], options["batch_size"], options["seed"]) == (b.steps, b.batch_size, seed), path
+                assert options["limit_dev"] == b.limit_dev and record["outcome"] == "finished", path
+                assert record["method"] == ex.registry.get(setting.method).name, path
+                for key, value in setting.options.items():
+                    assert record["config"][key] == value, (path, key)
+                assert setting.lr is None or options["lr"] == setting.lr, path
+                assert record["command"].startswith(f"python -m {ex.registry.get(setting.method).module} "), path
+    readme = (ex.ROOT / "README.md").read_text()
+    assert ex.readme_table() in readme, "README.md's lesson verdicts are stale: python -m lessons.experiments readme"
