@@ -2,11 +2,10 @@
 
 Each check takes the student's answer, raises AssertionError with a hint when it is wrong
 (NotImplementedError passes through), and compares against methods/prompt_tuning.py, a hand
-computation, or the lesson's measured full run.
+computation, or the lesson's committed records.
 """
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import torch
@@ -19,9 +18,18 @@ from minitransformer import Transformer, TransformerConfig
 TOL = dict(rtol=1e-5, atol=1e-5)  # float32 rounding of the same sums in another order
 NO_TOKENIZER = SimpleNamespace(mask_id=None)  # a classifier head on [CLS] never reads the tokenizer
 
-# The committed full run of 03_prompt_tuning.ipynb (2-core CPU, MiniLM, SST-2, vocab init, section 3): final dev accuracy
-# of a 1-vector and a 20-vector prompt on the first DEV_SIZE dev sentences, same steps and learning rate.
-MEASURED = {"dev_size": 400, "length_1": 0.72, "length_20": 0.6075}
+
+def length_records():
+    """Lesson 3's committed records of 1- and 20-vector prompts (3 seeds, one epoch, full dev): the Results of
+    experiment prompt_length, read from results/lessons/ (never retrained: fast mode does not change them)."""
+    import json
+
+    from lessons import experiments
+
+    experiment = experiments.get("prompt_length")
+    runs = {s.name: [json.loads(experiments.record_path(experiment, s, seed).read_text())
+                     for seed in experiment.budget.seeds] for s in experiment.settings}
+    return experiments.Results(experiment, runs, "records")
 
 
 def tiny_bert(hidden: int = 16) -> Transformer:
@@ -88,14 +96,16 @@ def check_nearest_ids(nearest_ids) -> None:
 
 
 def check_longer_prompt_helps(longer_prompt_helps) -> None:
+    from lessons.experiments import verdict
+
     assert isinstance(longer_prompt_helps, bool), f"set longer_prompt_helps to True or False, got {longer_prompt_helps!r}"
-    short, long, n = MEASURED["length_1"], MEASURED["length_20"], MEASURED["dev_size"]
-    noise = 2 * math.sqrt(0.25 / n)  # two standard errors of an accuracy near 50-90% on n sentences (at most)
-    helped = long - short > noise
+    results = length_records()
+    claim = next(c for c in results.experiment.claims if c.b == ("length 1, vocab",) and c.a == ("length 20, vocab",))
+    judged = verdict(claim, results)
+    helped = judged["verdict"] == "reproduced"  # beyond the noise: the gap exceeds twice its standard error
     assert longer_prompt_helps == helped, (
-        f"in the lesson's full run, 20 prompt vectors scored {100 * long:.1f}% and 1 vector {100 * short:.1f}% "
-        f"(difference {100 * (long - short):+.1f} points; two standard errors on {n} sentences are about "
-        f"{100 * noise:.1f} points), so a longer prompt {'did' if helped else 'did not clearly'} help here")
+        f"in the lesson's records, 20 prompt vectors against 1 scored {judged['measured']}: {judged['why']}, so a "
+        f"longer prompt {'did' if helped else 'did not clearly'} help beyond the seeds' noise")
 
 
 EXERCISES = {
