@@ -221,6 +221,9 @@ def run_all(names: list[str], seeds: list[int], args: argparse.Namespace, argv: 
     out = Path(args.out)
     records, jobs = [], [(name, seed) for name in names for seed in seeds]
     signal.signal(signal.SIGTERM, stop_on_sigterm)
+    # Ctrl-C as KeyboardInterrupt even where a shell started us with SIGINT ignored (`cmd &`): the method runs
+    # install their own handler, and compare must stop with them rather than carry on without its record
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for done, (name, seed) in enumerate(jobs):
         path = out / "records" / f"{name}-seed{seed}.json"
         kept, why = previous(path, child_command(name, seed, args), args.resume)
