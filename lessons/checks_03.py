@@ -19,19 +19,6 @@ TOL = dict(rtol=1e-5, atol=1e-5)  # float32 rounding of the same sums in another
 NO_TOKENIZER = SimpleNamespace(mask_id=None)  # a classifier head on [CLS] never reads the tokenizer
 
 
-def length_records():
-    """Lesson 3's committed records of 1- and 20-vector prompts (3 seeds, one epoch, full dev): the Results of
-    experiment prompt_length, read from results/lessons/ (never retrained: fast mode does not change them)."""
-    import json
-
-    from lessons import experiments
-
-    experiment = experiments.get("prompt_length")
-    runs = {s.name: [json.loads(experiments.record_path(experiment, s, seed).read_text())
-                     for seed in experiment.budget.seeds] for s in experiment.settings}
-    return experiments.Results(experiment, runs, "records")
-
-
 def tiny_bert(hidden: int = 16) -> Transformer:
     """A 2-layer random BERT-like encoder with a pooler and token types: instant, same code as MiniLM."""
     torch.manual_seed(0)
@@ -96,10 +83,10 @@ def check_nearest_ids(nearest_ids) -> None:
 
 
 def check_longer_prompt_helps(longer_prompt_helps) -> None:
-    from lessons.experiments import verdict
+    from lessons.experiments import recorded, verdict
 
     assert isinstance(longer_prompt_helps, bool), f"set longer_prompt_helps to True or False, got {longer_prompt_helps!r}"
-    results = length_records()
+    results = recorded("prompt_length")  # the committed records (3 seeds, one epoch, full dev)
     claim = next(c for c in results.experiment.claims if c.b == ("length 1, vocab",) and c.a == ("length 20, vocab",))
     judged = verdict(claim, results)
     helped = judged["verdict"] == "reproduced"  # beyond the noise: the gap exceeds twice its standard error

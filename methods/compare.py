@@ -26,8 +26,7 @@ import time
 from pathlib import Path
 
 from data import DataNotFoundError, load_task
-# the line-ups live in methods/lineup.py; METHODS and lineup_for are imported from here too
-from methods.lineup import METHODS, SEQ2SEQ_METHODS, lineup_for  # noqa: F401
+from methods.lineup import METHODS, lineup_for
 from methods.shared.files import atomic_path, write_json
 from methods.shared.options import DEFAULT_MODEL, positive_int
 from methods.shared.plots import plot_comparison

@@ -293,7 +293,7 @@ def test_compare_on_a_t5_runs_the_text_to_text_line_up(tmp_path):
     import json
     import subprocess
     import sys
-    from methods.compare import SEQ2SEQ_METHODS, lineup_for
+    from methods.lineup import SEQ2SEQ_METHODS, lineup_for
     names = ["zero_shot", "prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "bitfit", "adapters", "lora",
              "full_fine_tuning"]
     assert list(SEQ2SEQ_METHODS) == names
