@@ -261,11 +261,17 @@ def train_setting(experiment: Experiment, setting: Setting, seed: int, records: 
     return saved
 
 
-def run_experiment(experiment: Experiment, records: Path = RECORDS, device: str | None = None) -> None:
-    """Every (setting, seed) of `experiment` that has no record yet, seed by seed (so n grows evenly)."""
+def run_experiment(experiment: Experiment, records: Path = RECORDS, device: str | None = None,
+                   seeds: tuple[int, ...] | None = None) -> None:
+    """Every (setting, seed) of `experiment` that has no record yet, seed by seed (so n grows evenly).
+
+    `seeds` picks some of the budget's seeds: two processes given different seeds share one experiment
+    without training the same run twice (on 2 cores, two 1-thread processes train ~1.7x faster than one)."""
     budget = experiment.budget
+    if seeds is not None and not set(seeds) <= set(budget.seeds):
+        raise ValueError(f"{experiment.name} has seeds {list(budget.seeds)}; got {list(seeds)}")
     todo = [(s, seed) for seed in budget.seeds for s in experiment.settings
-            if not record_path(experiment, s, seed, records).exists()]
+            if (seeds is None or seed in seeds) and not record_path(experiment, s, seed, records).exists()]
     print(f"{experiment.name}: {len(todo)} of {len(budget.seeds) * len(experiment.settings)} runs to go "
           f"({budget.steps} steps of {budget.batch_size}, seeds {list(budget.seeds)})", flush=True)
     for i, (setting, seed) in enumerate(todo):
@@ -486,6 +492,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("experiments", nargs="*", help="experiment names (see list); run --all for every one")
     parser.add_argument("--all", action="store_true", help="every experiment, in the order list shows")
     parser.add_argument("--device", default=os.environ.get("LESSON_DEVICE"), help="cpu or cuda (default: the best)")
+    parser.add_argument("--seeds", type=lambda text: tuple(int(x) for x in text.split(",")),
+                        help="run: only these seeds, e.g. 0,1 (share one experiment between processes)")
     args = parser.parse_args(argv)
     if args.action == "readme":
         write_readme(ROOT / "README.md")
@@ -506,7 +514,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"    {s.name}")
         elif args.action == "run":
             try:
-                run_experiment(experiment, device=args.device)
+                run_experiment(experiment, device=args.device, seeds=args.seeds)
+            except ValueError as error:
+                parser.error(str(error))
             except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the run saved its state after its step
                 again = " ".join(["python -m lessons.experiments", *(argv if argv is not None else sys.argv[1:])])
                 print(f"Stopped ({stop or 'interrupted'}); the finished runs are kept and the interrupted one goes on "

@@ -62,6 +62,20 @@ def test_an_interrupted_run_resumed_equals_an_uninterrupted_one(module, extra, s
     assert not (tmp_path / "stopped" / "resume.pt").exists(), "a finished run leaves no checkpoint behind"
 
 
+def test_resume_after_a_kill_before_the_first_checkpoint_starts_over(tiny_checkpoints, tmp_path, monkeypatch, capsys):
+    """A run killed hard (kill -9, power) while loading leaves resume.json but no resume.pt: --resume starts over."""
+    checkpoint = tiny_checkpoints["bert"][0]
+    whole = fine_tuning.main(argv(checkpoint, tmp_path / "whole", "--mode", "head"))
+    interrupt_at(monkeypatch, 3)
+    fine_tuning.main(argv(checkpoint, tmp_path / "killed", "--mode", "head"))
+    (tmp_path / "killed" / "resume.pt").unlink()
+    monkeypatch.undo()
+    capsys.readouterr()
+    again = fine_tuning.main(argv(checkpoint, tmp_path / "killed", "--mode", "head", "--resume"))
+    assert "stopped before its first checkpoint; starting over" in capsys.readouterr().out
+    assert again.outcome == "finished" and [h["loss"] for h in again.history] == [h["loss"] for h in whole.history]
+
+
 def test_resume_skips_a_finished_run_and_refuses_other_settings(tiny_checkpoints, tmp_path, capsys):
     checkpoint = tiny_checkpoints["bert"][0]
     first = fine_tuning.main(argv(checkpoint, tmp_path, "--mode", "head"))

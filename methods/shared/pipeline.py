@@ -283,6 +283,9 @@ def previous_run(out: Path, key: dict, resume: bool) -> tuple[RunRecord | None, 
                 raise ValueError(f"{out} holds {what} with other settings ({key_difference(saved or {}, key)}): "
                                  "give another --out, or leave out --resume to start over there.")
             if path is checkpoint:
+                if not (out / "resume.pt").exists():  # stopped before its first checkpoint: nothing to go on from
+                    print(f"note: the interrupted run in {out} stopped before its first checkpoint; starting over")
+                    return None, False
                 print(f"resuming the interrupted run in {out}")
                 return None, True
             record = RunRecord(**json.loads(results.read_text()))
