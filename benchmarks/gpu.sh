@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmark in one command (about 5 minutes on one recent GPU): training steps in bf16 against
+# The GPU benchmark in one command (about 4 minutes on one H200): training steps in bf16 against
 # transformers + peft at MiniLM, bert-base, GPT-2 small and medium shapes, and GPT-2 generation with a prefix.
 # Results: benchmarks/results_gpu.json (the README's table is made from it).
 set -euo pipefail

@@ -28,11 +28,17 @@ Conventions (those of Hugging Face transformers, tested against it):
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+try:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+except ImportError:  # torch < 2.3: no cuDNN attention to avoid either
+    sdpa_kernel = None
 
 from .config import TransformerConfig
 
@@ -44,6 +50,18 @@ ACTIVATIONS = {
 }
 
 KeyValue = tuple[torch.Tensor, torch.Tensor]
+
+
+def attention_kernels(device: torch.device):
+    """Where SDPA may run: on a GPU, any fused kernel but cuDNN's.
+
+    PyTorch may pick cuDNN's attention on recent GPUs, and cuDNN builds a plan for every new input shape: on an
+    H200 a training step on a batch of a length not seen before took 163 ms instead of 17
+    (README, "Speed on a GPU"). Batches of sentences come in many lengths, so a run kept paying it; flash / memory-efficient attention
+    is as fast once warm and needs no plan."""
+    if sdpa_kernel is None or device.type != "cuda":
+        return nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 class GrowingKeyValue:
@@ -150,7 +168,9 @@ class Attention(nn.Module):
                 scores = scores.masked_fill(~mask, float("-inf"))
             y = self.dropout(scores.softmax(-1)) @ v  # (B, nh, T, hd)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout.p if self.training else 0.0)
+            with attention_kernels(q.device):
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                   dropout_p=self.dropout.p if self.training else 0.0)
         y = padding.unpad(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, H) -> (N, H)
         return self.output(y), (k, v)
 

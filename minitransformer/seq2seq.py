@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import Seq2SeqConfig
-from .model import ACTIVATIONS, Dropout, GrowingKeyValue, KeyValue, Padding
+from .model import ACTIVATIONS, Dropout, GrowingKeyValue, KeyValue, Padding, attention_kernels
 
 
 def relative_position_bucket(relative: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int
@@ -113,8 +113,9 @@ class Attention(nn.Module):
             scores = q @ k.transpose(-2, -1) * self.scale
             y = self.dropout((scores if bias is None else scores + bias).softmax(-1)) @ v
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale,
-                                               dropout_p=self.dropout.p if self.training else 0.0)
+            with attention_kernels(q.device):  # not cuDNN's: a plan per input shape (model.attention_kernels)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale,
+                                                   dropout_p=self.dropout.p if self.training else 0.0)
         return self.output(padding.unpad(y.transpose(1, 2).reshape(B, T, -1))), (k, v)
 
 

@@ -23,3 +23,6 @@ def test_the_gpu_benchmark_runs_at_tiny_shapes_on_cpu(minilm_dir, tmp_path):
     generation = report["generation"]["tiny-gpt2"]
     assert generation["same_tokens"], "with the same prefix, greedy decoding must give peft's tokens"
     assert (tmp_path / "r.json").exists()
+    table = gpu.markdown_table(report)
+    assert table.split("\n\n")[0].count("\n| tiny-") == 4 and "| tiny-gpt2 | " in table.split("\n\n")[1], "a row per shape and method"
+    assert gpu.main(["--table", str(tmp_path / "r.json")])["training"] == report["training"]

@@ -80,6 +80,24 @@ def test_dropout_keeps_each_number_with_probability_1_minus_p_and_rescales():
     assert torch.allclose(dropped[dropped != 0], torch.tensor(1 / 0.75)), "the kept ones are scaled by 1 / (1 - p)"
 
 
+def test_on_a_gpu_attention_avoids_cudnn_and_dropout_is_the_fused_kernel(monkeypatch):
+    """cuDNN's attention plans every new input shape (163 ms a step on an H200 instead of 17); CPU keeps its flags."""
+    from minitransformer.model import Dropout, attention_kernels
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with attention_kernels(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    with attention_kernels(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    calls = []
+    monkeypatch.setattr(torch.nn.functional, "dropout", lambda x, *a, **k: calls.append(x.device.type) or x)
+    dropout = Dropout(0.1).train()
+    dropout(torch.ones(4, device="meta"))  # any device but the CPU takes F.dropout
+    dropout(torch.ones(4))                 # the CPU draws its own mask
+    assert calls == ["meta"]
+
+
 @pytest.mark.parametrize("kind", ["bert", "gpt2"])
 def test_training_attention_by_hand_equals_sdpa(kind, tiny_checkpoints):
     """On CPU, training with attention dropout computes attention by hand (faster dropout): with a dropout
