@@ -29,6 +29,10 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
 
 from methods import registry
 from methods.shared.options import RunOptions, to_argv
@@ -106,6 +110,12 @@ class Experiment:
     claims: tuple[Claim, ...] = ()
     budget: Budget = MAIN
     task: str = "sst2"
+    # Settings whose first seed also keeps what a lesson shows of the trained method (its `keep` tensors: a few
+    # KB to a few hundred), so that the lesson can show trained vectors and predictions without training. A run
+    # recorded before it kept anything is trained again with the same command for them; beside the tensors is that
+    # run's own record (on another machine its scores can differ from the first record's by a few points).
+    keep_settings: tuple[str, ...] = ()
+    keep: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None
 
     def setting(self, name: str) -> Setting:
         for s in self.settings:
@@ -113,6 +123,17 @@ class Experiment:
                 return s
         raise ValueError(f"{self.name} has no setting {name!r}; its settings are "
                          f"{', '.join(repr(s.name) for s in self.settings)}.")
+
+
+def trained_parameters(method: nn.Module) -> dict[str, torch.Tensor]:
+    """Everything the run trained (to be loaded back with load_state_dict(strict=False))."""
+    return {name: p.detach().clone() for name, p in method.named_parameters() if p.requires_grad}
+
+
+def produced_prompts(method: nn.Module) -> dict[str, torch.Tensor]:
+    """P-tuning: the prompt vectors its encoder produces (what the backbone reads; the LSTM itself is 4 MB)."""
+    with torch.no_grad():
+        return {"prompts": method.prompt_encoder().detach().clone()}
 
 
 # ---- the experiments, lesson by lesson ----------------------------------------------------------
@@ -147,7 +168,8 @@ LESSON_3_INIT = Experiment(
            "small models)", "starting from vocabulary embeddings beats a random start",
            ("length 5, vocab",), ("length 5, random",)),
      Claim("Lester et al. 2021", "Figure 3(b)", "starting from the label words beats a random start",
-           ("length 5, labels",), ("length 5, random",))))
+           ("length 5, labels",), ("length 5, random",))),
+    keep_settings=("length 5, labels",), keep=trained_parameters)
 
 PREFIX_LRS = (1e-4, 1e-3, 1e-2, 5e-2)
 _PREFIX = lambda flat, lr: Setting(f"{'flat' if flat else 'MLP'}, lr {lr:g}", "prefix_tuning", {"flat": flat}, lr)
@@ -178,7 +200,8 @@ LESSON_5 = Experiment(
            "and find reparameterization helps on some tasks, not all", "an MLP encoder beats no encoder", ("MLP encoder",),
            ("no encoder",)),
      Claim("Liu et al. 2021", "§3, 'anchor tokens': task-related words in the template help (RTE)",
-           "anchor words in the template help", ("MLP, 3,3,3 + anchor words",), ("MLP encoder",))))
+           "anchor words in the template help", ("MLP, 3,3,3 + anchor words",), ("MLP encoder",))),
+    keep_settings=("LSTM encoder", "MLP encoder", "no encoder"), keep=produced_prompts)
 
 _DEEP = lambda name, P=20, layers="all": Setting(name, "p_tuning_v2", {"num_virtual_tokens": P, "prompt_layers": layers})
 LESSON_6 = Experiment(
@@ -210,7 +233,7 @@ LESSON_6_NER = Experiment(
      Claim("Liu et al. 2022", "the same table (a token head on frozen features is the floor "
            "both stand on)",
            "deep prompts add to a token head alone", ("deep (all layers)",), ("head only (no prompt)",))),
-    budget=NER_BUDGET, task="conll2003")
+    budget=NER_BUDGET, task="conll2003", keep_settings=("deep (all layers)",), keep=trained_parameters)
 
 PILOT_EXPERIMENT = Experiment(
     "pilot", "--", "At what budget do the lessons' effects separate from seed noise?",
@@ -235,6 +258,22 @@ def record_path(experiment: Experiment, setting: Setting, seed: int, records: Pa
     return records / experiment.budget.name / f"{setting.run_id(seed)}.json"
 
 
+def kept_path(experiment: Experiment, setting: Setting, records: Path = RECORDS) -> Path:
+    """The tensors a kept setting's first seed keeps (and, beside them, the record of the run that made them)."""
+    return records / experiment.budget.name / "kept" / f"{setting.run_id(experiment.budget.seeds[0])}.safetensors"
+
+
+def keeps(experiment: Experiment, setting: Setting, seed: int) -> bool:
+    return setting.name in experiment.keep_settings and seed == experiment.budget.seeds[0]
+
+
+def same_command(a: dict, b: dict) -> bool:
+    """Two records of one command: the same method, config, data, budget and seed (their run keys). Their numbers
+    agree to the last digit only on the same kind of machine: another CPU rounds its sums in another order, and
+    over a few hundred steps a prompt's training can drift by a few points (the seeds' spread shows how far)."""
+    return a["run_key"] == b["run_key"]
+
+
 def train_setting(experiment: Experiment, setting: Setting, seed: int, records: Path = RECORDS,
                   budget: Budget | None = None, device: str | None = None, workdir: Path | None = None) -> dict:
     """Train one (setting, seed) with its method's own command line, in this process, and keep its record.
@@ -250,14 +289,25 @@ def train_setting(experiment: Experiment, setting: Setting, seed: int, records: 
     out = workdir / budget.name / setting.run_id(seed)
     argv = setting.argv(budget, seed, experiment.task, out, device)
     config, options = parse_command_line(registry.get(setting.method).config_class, "", argv)
-    _, record = run(config, dataclasses.replace(options, progress=not FAST and sys.stderr.isatty()))
+    model, record = run(config, dataclasses.replace(options, progress=not FAST and sys.stderr.isatty()))
     if record.outcome != "finished":
         raise KeyboardInterrupt(f"{setting.name} seed {seed}: {record.outcome}")
     saved = json.loads((out / "results.json").read_text())
     saved["command"] = f"python -m {registry.get(setting.method).module} {' '.join(argv)}"
     path = record_path(experiment, setting, seed, records)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, saved)
+    committed = json.loads(path.read_text()) if path.exists() else None
+    if committed is not None and not same_command(committed, saved):  # retrained only to keep its tensors
+        raise RuntimeError(f"{setting.name} seed {seed} was trained again with other settings than its record "
+                           f"{path}: its tensors are not kept.")
+    if keeps(experiment, setting, seed):
+        from safetensors.torch import save_file
+        kept = kept_path(experiment, setting, records)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.float().cpu().contiguous() for k, v in experiment.keep(model).items()}, str(kept))
+        write_json(kept.with_suffix(".json"), saved)  # the run that made them, as it wrote its record
+    if committed is None:
+        write_json(path, saved)
     return saved
 
 
@@ -271,7 +321,9 @@ def run_experiment(experiment: Experiment, records: Path = RECORDS, device: str 
     if seeds is not None and not set(seeds) <= set(budget.seeds):
         raise ValueError(f"{experiment.name} has seeds {list(budget.seeds)}; got {list(seeds)}")
     todo = [(s, seed) for seed in budget.seeds for s in experiment.settings
-            if (seeds is None or seed in seeds) and not record_path(experiment, s, seed, records).exists()]
+            if (seeds is None or seed in seeds) and (not record_path(experiment, s, seed, records).exists()
+                                                     or keeps(experiment, s, seed)
+                                                     and not kept_path(experiment, s, records).exists())]
     print(f"{experiment.name}: {len(todo)} of {len(budget.seeds) * len(experiment.settings)} runs to go "
           f"({budget.steps} steps of {budget.batch_size}, seeds {list(budget.seeds)})", flush=True)
     for i, (setting, seed) in enumerate(todo):
@@ -288,9 +340,32 @@ class Results:
     experiment: Experiment
     runs: dict[str, list[dict]]
     source: str  # where the numbers came from: "records" or "trained now"
+    folders: dict[str, Path] = field(default_factory=dict)  # setting name -> the records folder it was read from
+
+    def kept(self, name: str) -> tuple[dict[str, torch.Tensor], dict]:
+        """What the setting's first seed kept of its trained method, and the record of the run that made it."""
+        from safetensors.torch import load_file
+        setting = self.experiment.setting(name)
+        path = kept_path(self.experiment, setting, self.folders.get(name, RECORDS))
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: `python -m lessons.experiments run {self.experiment.name}` "
+                                    "makes it (or retrain the setting with LESSON_RETRAIN)")
+        return load_file(str(path)), json.loads(path.with_suffix(".json").read_text())
+
+    def kept_note(self, name: str) -> str:
+        """One line on where a kept setting's tensors come from, with its score beside its record's."""
+        _, made_by = self.kept(name)
+        seed = made_by["options"]["seed"]
+        record = next((r for r in self.runs.get(name, []) if r["options"]["seed"] == seed), None)
+        line = (f"{name}, seed {seed}: tensors kept by the run of {made_by['date'][:10]}, best dev "
+                f"{self.metric_name()} {100 * made_by['dev_metric']:.1f}% after {made_by['steps']} steps")
+        if record is not None and record["date"] != made_by["date"]:
+            line += (f" (the same command as the record of {record['date'][:10]}, {100 * record['dev_metric']:.1f}%: "
+                     "a re-run to keep them; another machine rounds differently)")
+        return line
 
     def scores(self, name: str, at_step: int | None = None) -> list[float]:
-        """Dev accuracy (%) per seed: the best state each run kept, or the evaluation at `at_step`."""
+        """Dev score (%: accuracy, or entity F1 for tagging) per seed: the best state each run kept, or the evaluation at `at_step`."""
         if at_step is None:
             return [100 * r["dev_metric"] for r in self.runs[name]]
         return [100 * h["dev_metric"] for r in self.runs[name] for h in r["history"] if h["step"] == at_step]
@@ -302,8 +377,13 @@ class Results:
         values = self.scores(name)
         return mean(values), sd(values), len(values)
 
+    def metric_name(self) -> str:
+        """What the scores are: "accuracy", or "entity F1" for tagging (as the records name it)."""
+        metric = next((runs[0].get("metric") for runs in self.runs.values() if runs), None) or "accuracy"
+        return {"entity_f1": "entity F1"}.get(metric, metric)
+
     def table(self) -> str:
-        rows = ["| setting | dev accuracy (%), mean ± sd | n | steps × batch | learning rate |",
+        rows = [f"| setting | dev {self.metric_name()} (%), mean ± sd | n | steps × batch | learning rate |",
                 "|---|---:|---:|---|---|"]
         for s in self.experiment.settings:
             if self.runs.get(s.name):
@@ -397,11 +477,12 @@ def results_for(name: str, retrain: set[str] | str | None = None, device: str | 
                         train_setting(experiment, s, seed, live, device=device, workdir=live / "runs")
             records = None
     runs: dict[str, list[dict]] = {}
+    folders: dict[str, Path] = {}
     for s in experiment.settings:
         for seed in experiment.budget.seeds:
             if FAST:
                 train_setting(experiment, s, seed, records, device=device, workdir=records / "runs")
-            source = live if (not FAST and s.name in chosen) else records
+            source = folders[s.name] = live if (not FAST and s.name in chosen) else records
             path = record_path(experiment, s, seed, source)
             if path.exists():
                 runs.setdefault(s.name, []).append(json.loads(path.read_text()))
@@ -409,7 +490,7 @@ def results_for(name: str, retrain: set[str] | str | None = None, device: str | 
     if missing:
         print(f"no records yet for {', '.join(missing)}: `python -m lessons.experiments run {name}` trains them "
               f"(or LESSON_RETRAIN=all here)")
-    return Results(experiment, runs, "trained now" if (FAST or chosen) else "records")
+    return Results(experiment, runs, "trained now" if (FAST or chosen) else "records", folders)
 
 
 # ---- pictures: every seed shown, the mean and its spread ----------------------------------------
@@ -427,7 +508,7 @@ def plot_curves(results: Results, names: list[str], ax, labels: list[str] | None
         ax.plot(steps, means, marker="o", color=f"C{i}", label=f"{(labels or names)[i]} (n={len(runs)})")
         ax.fill_between(steps, [m - d for m, d in zip(means, spreads)], [m + d for m, d in zip(means, spreads)],
                         color=f"C{i}", alpha=0.2)
-    ax.set(xlabel="training step", ylabel="dev accuracy (%), mean ± sd")
+    ax.set(xlabel="training step", ylabel=f"dev {results.metric_name()} (%), mean ± sd")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
 
@@ -446,7 +527,7 @@ def plot_scores(results: Results, names: list[str], ax, labels: list[str] | None
                     markersize=8, zorder=4, label=label if i == 0 else None)
     if not isinstance(xs[0], float):
         ax.set_xticks(xs, labels or names, fontsize=8)
-    ax.set(ylabel="best dev accuracy (%)")
+    ax.set(ylabel=f"best dev {results.metric_name()} (%)")
     ax.grid(alpha=0.3, axis="y")
 
 

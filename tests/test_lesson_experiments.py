@@ -80,6 +80,40 @@ def test_records_are_replayed_without_training_and_a_run_is_made_only_where_one_
     assert retrained.source == "trained now" and retrained.scores("short") == replayed.scores("short")  # same seed
 
 
+def test_a_kept_setting_keeps_its_trained_tensors_and_retraining_for_them_must_repeat_the_record(
+        tmp_path, monkeypatch, data_dir):
+    """The first seed of a kept setting saves what the lesson shows (here the trained prompt); a record made
+    before keeping existed is retrained once for its tensors with the same command, and the record stays."""
+    import torch
+    tiny = ex.Experiment("tiny", "--", "?", (ex.Setting("short", "prompt_tuning", {"num_virtual_tokens": 2}),),
+                         budget=ex.TINY)
+    monkeypatch.setitem(ex.EXPERIMENTS, "tiny", tiny)
+    monkeypatch.setattr(ex, "RECORDS", tmp_path / "records")
+    monkeypatch.setattr(ex, "ROOT", tmp_path)
+    ex.run_experiment(tiny, records=tmp_path / "records")  # no keep: the record alone
+    assert not ex.kept_path(tiny, tiny.settings[0], tmp_path / "records").exists()
+    kept = ex.dataclasses.replace(tiny, keep_settings=("short",), keep=ex.trained_parameters)
+    monkeypatch.setitem(ex.EXPERIMENTS, "tiny", kept)
+    record = ex.record_path(kept, kept.settings[0], 0, tmp_path / "records")
+    modified = record.stat().st_mtime_ns
+    ex.run_experiment(kept, records=tmp_path / "records", device="cpu")  # trains again for the tensors only
+    assert record.stat().st_mtime_ns == modified, "the committed record is not rewritten"
+    monkeypatch.setattr(ex, "FAST", False)
+    tensors, made_by = ex.results_for("tiny", retrain=set()).kept("short")
+    assert tensors["virtual_tokens"].shape == (2, 384) and set(tensors) >= {"virtual_tokens"}
+    assert ex.same_command(made_by, json.loads(record.read_text()))
+    changed = json.loads(record.read_text())
+    changed["run_key"]["lr"] = 0.5  # a record of another command under this setting's name
+    record.write_text(json.dumps(changed))
+    ex.kept_path(kept, kept.settings[0], tmp_path / "records").unlink()
+    with pytest.raises(RuntimeError, match="trained again with other settings than its record"):
+        ex.run_experiment(kept, records=tmp_path / "records", device="cpu")
+    assert not ex.kept_path(kept, kept.settings[0], tmp_path / "records").exists()
+    with pytest.raises(FileNotFoundError, match="lessons.experiments run tiny"):
+        ex.results_for("tiny", retrain=set()).kept("short")
+    assert isinstance(tensors["virtual_tokens"], torch.Tensor)
+
+
 def test_the_committed_records_are_the_runs_their_experiments_describe_and_the_readme_shows_their_verdicts(
         monkeypatch):
     """Every committed record was made at its experiment's budget, with its setting's options and its seed, by the
@@ -101,5 +135,10 @@ def test_the_committed_records_are_the_runs_their_experiments_describe_and_the_r
                     assert record["config"][key] == value, (path, key)
                 assert setting.lr is None or options["lr"] == setting.lr, path
                 assert record["command"].startswith(f"python -m {ex.registry.get(setting.method).module} "), path
+        for name in experiment.keep_settings:  # what a lesson shows of a trained run, made by the recorded run
+            setting = experiment.setting(name)
+            tensors, made_by = ex.Results(experiment, {}, "records").kept(name)
+            record = json.loads(ex.record_path(experiment, setting, b.seeds[0]).read_text())
+            assert tensors and ex.same_command(made_by, record), (experiment.name, name)
     readme = (ex.ROOT / "README.md").read_text()
     assert ex.readme_table() in readme, "README.md's lesson verdicts are stale: python -m lessons.experiments readme"
