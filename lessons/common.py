@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import traceback
 from typing import Callable
 
@@ -54,6 +55,12 @@ def fit(model: nn.Module, tokenizer, task: Task, steps: int, lr: float, batch_si
                          lr=lr, eval_every=eval_every, seed=seed, progress=progress)
     return train_on_task(model.to(DEVICE), tokenizer, task, config, task.splits["train"], task.splits["dev"][:dev_size],
                          batch_size, max_length, template, DEVICE)
+
+
+def elapsed(start: float) -> str:
+    """Wall time since `start` (a time.perf_counter() reading), as a lesson's last line reports it."""
+    seconds = time.perf_counter() - start
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} minutes"
 
 
 def report(check: Callable, *answer) -> bool:
