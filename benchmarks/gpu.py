@@ -42,7 +42,7 @@ from methods.prefix_tuning import PrefixTuningConfig  # noqa: E402
 from methods.prompt_tuning import PromptTuningConfig  # noqa: E402
 from methods.shared.training import task_loss  # noqa: E402
 from minitransformer import generate, load_pretrained  # noqa: E402
-from train_step import make_step  # noqa: E402
+from train_step import alternate, make_step  # noqa: E402
 
 VIRTUAL_TOKENS = 20
 METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning_v2", "lora", "full_fine_tuning")
@@ -176,20 +176,14 @@ def time_training(shape: str, name: str, directory: Path, device, steps: int, wa
     rows = []
     for batch_size in batch_sizes:
         data = sst2_batches(tokenizer, steps + warmup, device, ours.backbone.config.is_decoder, batch_size)
-        times: dict[str, list[float]] = {"ours": [], "theirs": []}
-        for i, batch in enumerate(data):
-            for side, step in steps_of.items():
-                start = time.perf_counter()
-                step(batch)
-                if i >= warmup:
-                    times[side].append(time.perf_counter() - start)
+        ours_times, theirs_times = alternate(steps_of["ours"], steps_of["theirs"], data, warmup)
         tokens = statistics.mean(int(b["attention_mask"].sum()) for b in data[warmup:])
-        ours_s, theirs_s = statistics.median(times["ours"]), statistics.median(times["theirs"])
+        ours_s, theirs_s = statistics.median(ours_times), statistics.median(theirs_times)
         row = {"shape": shape, "method": name, "batch_size": batch_size, "backbone_params": n,
                "ours_step_s": ours_s, "theirs_step_s": theirs_s, "step_time_ratio": ours_s / theirs_s,
                "ours_tokens_per_s": tokens / ours_s, "theirs_tokens_per_s": tokens / theirs_s,
                "tokens_per_batch": tokens, "padded_tokens_per_batch": statistics.mean(
-                   b["attention_mask"].numel() for b in data[warmup:]), "steps_timed": len(times["ours"]),
+                   b["attention_mask"].numel() for b in data[warmup:]), "steps_timed": len(ours_times),
                "ours_flops_per_s": flops_per_token * tokens / ours_s,
                "ours_step_memory_mb": peak_step_memory_mb(steps_of["ours"], data[0], device),
                "theirs_step_memory_mb": peak_step_memory_mb(steps_of["theirs"], data[0], device)}
