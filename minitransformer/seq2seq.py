@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import Seq2SeqConfig
-from .model import ACTIVATIONS, Dropout, GrowingKeyValue, KeyValue, Padding, attention_kernels
+from .model import ACTIVATIONS, Dropout, GrowingKeyValue, KeyValue, Linear, Padding, attention_kernels, linear
 
 
 def relative_position_bucket(relative: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int
@@ -76,10 +76,10 @@ class Attention(nn.Module):
         super().__init__()
         inner, bias = config.num_heads * config.head_dim, not config.is_t5
         self.num_heads, self.head_dim = config.num_heads, config.head_dim
-        self.query = nn.Linear(config.hidden_size, inner, bias=bias)
-        self.key = nn.Linear(config.hidden_size, inner, bias=bias)
-        self.value = nn.Linear(config.hidden_size, inner, bias=bias)
-        self.output = nn.Linear(inner, config.hidden_size, bias=bias)
+        self.query = Linear(config.hidden_size, inner, bias=bias)
+        self.key = Linear(config.hidden_size, inner, bias=bias)
+        self.value = Linear(config.hidden_size, inner, bias=bias)
+        self.output = Linear(inner, config.hidden_size, bias=bias)
         self.scale = 1.0 if config.is_t5 else config.head_dim ** -0.5
         self.dropout = Dropout(config.attention_dropout, config.fast)  # on the attention weights
         self.fast = config.fast
@@ -125,9 +125,9 @@ class FeedForward(nn.Module):
     def __init__(self, config: Seq2SeqConfig):
         super().__init__()
         bias = not config.is_t5
-        self.gate = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias) if config.gated else None
-        self.up = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
-        self.down = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.gate = Linear(config.hidden_size, config.intermediate_size, bias=bias) if config.gated else None
+        self.up = Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.down = Linear(config.intermediate_size, config.hidden_size, bias=bias)
         self.activation = ACTIVATIONS[config.activation]
         self.dropout = Dropout(config.activation_dropout, config.fast)
 
@@ -336,7 +336,7 @@ class EncoderDecoder(nn.Module):
             hidden = hidden * self.config.hidden_size ** -0.5
         weight = (self.lm_head.weight if self.lm_head is not None else self.word_embeddings.weight)
         weight = weight if vocab_ids is None else weight[vocab_ids]
-        logits = hidden @ weight.T
+        logits = linear(hidden, weight)
         if not self.config.is_t5:
             logits = logits + (self.final_logits_bias if vocab_ids is None else self.final_logits_bias[vocab_ids])
         return logits

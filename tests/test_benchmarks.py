@@ -26,3 +26,16 @@ def test_the_gpu_benchmark_runs_at_tiny_shapes_on_cpu(minilm_dir, tmp_path):
     table = gpu.markdown_table(report)
     assert table.split("\n\n")[0].count("\n| tiny-") == 4 and "| tiny-gpt2 | " in table.split("\n\n")[1], "a row per shape and method"
     assert gpu.main(["--table", str(tmp_path / "r.json")])["training"] == report["training"]
+
+
+def test_the_small_matmul_benchmark_times_both_forms(tmp_path):
+    import small_matmul
+    report = small_matmul.main(["--hidden", "128", "--layers", "1", "--rows", "8,64", "--repeats", "1",
+                                "--out", str(tmp_path / "m.json")])
+    assert [(r["part"], r["rows"]) for r in report["results"]] == [("layers", 8), ("layers", 64), ("lm_head", 8),
+                                                                    ("lm_head", 64)]
+    for row in report["results"]:
+        assert row["x @ W.T GB/s"] > 0 and row["(W @ x.T).T GB/s"] > 0 and row["speed_up"] > 0
+    assert [r["ours_uses_second_form"] for r in report["results"]] == [False, False, True, False], \
+        "hidden 128: too small a layer for the second form; the LM head takes it at 8 rows, not at 64"
+    assert (tmp_path / "m.json").exists()

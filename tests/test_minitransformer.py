@@ -5,8 +5,11 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from minitransformer import Transformer, TransformerConfig, generate, load_pretrained
+from minitransformer.model import FEW_ROWS, linear
 from tests.conftest import build_checkpoint
 
 transformers = pytest.importorskip("transformers")
@@ -156,6 +159,58 @@ def test_gpt2_greedy_generation_matches_transformers(tiny_checkpoints):
                                max_new_tokens=20, do_sample=False, pad_token_id=0, eos_token_id=None)
     ours = generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=20, eos_id=-1)
     assert torch.equal(ours, theirs), f"greedy ids differ:\n{ours}\n{theirs}"
+
+
+class MatrixProducts(TorchDispatchMode):
+    """Records the shapes of the two matrices of every mm / addmm that runs inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
+            first, second = args[-2:] if func.overloadpacket == torch.ops.aten.addmm else args[:2]
+            self.shapes.append((tuple(first.shape), tuple(second.shape)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_linear_multiplies_a_few_rows_weight_first_and_keeps_f_linear_elsewhere():
+    g = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(512, 384, generator=g) / 384 ** 0.5, torch.randn(512, generator=g)  # outputs ~ 1
+    few, many = torch.randn(8, 1, 384, generator=g), torch.randn(FEW_ROWS + 1, 384, generator=g)
+    with MatrixProducts() as products:
+        out = linear(few, weight, bias)
+    assert products.shapes == [((512, 384), (384, 8))], f"a few rows: (W @ x.T).T, got {products.shapes}"
+    assert out.shape == (8, 1, 512) and out.is_contiguous()
+    torch.testing.assert_close(out, F.linear(few, weight, bias), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(linear(few, weight), F.linear(few, weight), rtol=1e-5, atol=1e-5)
+    # Many rows, or a weight small enough to sit in the caches: F.linear itself, the same bits as before.
+    assert torch.equal(linear(many, weight, bias), F.linear(many, weight, bias))
+    small = weight[:64, :64].contiguous()
+    assert torch.equal(linear(few[..., :64], small), F.linear(few[..., :64], small))
+
+
+def test_gpt2_generation_through_the_few_rows_products_matches_transformers(tmp_path):
+    """A GPT-2 wide enough (384) for every projection and the LM head to take `linear`'s few-rows form while
+    decoding: the greedy ids are still those of transformers."""
+    from tests.conftest import build_tokenizer
+    build_tokenizer("gpt2", tmp_path)
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=400, n_embd=384, n_layer=2, n_head=4, n_positions=64,
+                                     bos_token_id=0, eos_token_id=0)
+    hf_model = transformers.GPT2LMHeadModel(config).eval()
+    hf_model.save_pretrained(tmp_path)
+    model, tokenizer = load_pretrained(str(tmp_path))
+    batch = tokenizer.encode(["the movie was", "a terrible film with a"], padding_side="left")
+    theirs = hf_model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with MatrixProducts() as products:
+        ours = generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=12, eos_id=-1)
+    assert torch.equal(ours, theirs), f"greedy ids differ:\n{ours}\n{theirs}"
+    weight_first = [first for first, second in products.shapes if second[-1] == 2]  # (out, in) @ (in, 2 rows)
+    assert (400, 384) in weight_first and (4 * 384, 384) in weight_first and (384, 384) in weight_first, \
+        "decoding steps must multiply the LM head and the layers' weights by the rows, weight first"
 
 
 def random_prefix(model, batch_size, length, seed=0):

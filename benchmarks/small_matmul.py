@@ -1,0 +1,94 @@
+"""How fast a CPU multiplies a few rows by a model's weights, in the two forms `minitransformer.model.linear` chooses
+between: x @ W.T (F.linear, what nn.Linear and transformers do) and (W @ x.T).T (what ours does for a few rows).
+
+A generation step multiplies one row per sequence by every weight of the model, so its speed is how fast the
+weights are read. The weights here are those of a whole GPT-2 stack (all layers, then the 50257-word LM head), far
+more than the CPU's caches hold, and each timing reads them all once, as a generation step does; tuning on one small
+matrix would time the cache, not the memory. Reports GB/s of weights read and the speed-up of the second form.
+
+    python benchmarks/small_matmul.py                      # GPT-2 small and medium shapes, 1 to 64 rows
+    python benchmarks/small_matmul.py --hidden 768 --rows 8 --out benchmarks/results_small_matmul_cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from minitransformer.model import FEW_ROWS, few_rows_form  # noqa: E402
+
+VOCAB = 50257
+LAYERS = {768: 12, 1024: 24}  # GPT-2 small and medium; other widths get 12 layers
+
+
+def stack_weights(hidden: int, layers: int) -> dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]]:
+    """(weight, bias) of every projection of a GPT-2-shaped stack, and the LM head, random (the values do not
+    change the speed)."""
+    torch.manual_seed(0)
+    shapes = [(hidden, hidden)] * 4 + [(4 * hidden, hidden), (hidden, 4 * hidden)]  # q, k, v, out, up, down
+    return {"layers": [(torch.randn(n, k) * 0.02, torch.zeros(n)) for _ in range(layers) for n, k in shapes],
+            "lm_head": [(torch.randn(VOCAB, hidden) * 0.02, None)]}
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def measure(weights: list[tuple[torch.Tensor, torch.Tensor | None]], rows: int, repeats: int) -> dict:
+    inputs = {k: torch.randn(rows, k) for k in {w.shape[1] for w, _ in weights}}
+    forms = {"x @ W.T": lambda x, w, b: F.linear(x, w, b),
+             "(W @ x.T).T": lambda x, w, b: (w @ x.T if b is None else torch.addmm(b[:, None], w, x.T)).T.contiguous()}
+    seconds = {name: best_time(lambda: [form(inputs[w.shape[1]], w, b) for w, b in weights], repeats)
+               for name, form in forms.items()}
+    gigabytes = sum(w.numel() * w.element_size() for w, _ in weights) / 1e9
+    return {"rows": rows, **{f"{name} GB/s": gigabytes / s for name, s in seconds.items()},
+            "speed_up": seconds["x @ W.T"] / seconds["(W @ x.T).T"],
+            "ours_uses_second_form": all(few_rows_form(rows, w) for w, _ in weights)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", default="768,1024", help="model widths, comma-separated (768 GPT-2 small, 1024 medium)")
+    parser.add_argument("--layers", type=int, default=None, help="layers of the stack (default: GPT-2's for the width)")
+    parser.add_argument("--rows", default="1,4,8,16,32,64", help="rows multiplied at once (a generation step: the batch)")
+    parser.add_argument("--repeats", type=int, default=5, help="timings of each; the fastest is kept")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    args = parser.parse_args(argv)
+    report = {"torch": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads(),
+              "date": date.today().isoformat(), "few_rows": FEW_ROWS, "results": []}
+    print(f"GB/s of weights read (x @ W.T | (W @ x.T).T), {torch.get_num_threads()} threads; "
+          f"ours takes the second form up to {FEW_ROWS} rows of a large weight")
+    for hidden in [int(h) for h in args.hidden.split(",")]:
+        layers = args.layers or LAYERS.get(hidden, 12)
+        for part, weights in stack_weights(hidden, layers).items():
+            for rows in [int(r) for r in args.rows.split(",")]:
+                row = {"hidden": hidden, "layers": layers, "part": part, **measure(weights, rows, args.repeats)}
+                report["results"].append(row)
+                print(f"hidden {hidden:>5} {part:>8} rows {rows:>3}: {row['x @ W.T GB/s']:5.1f} | "
+                      f"{row['(W @ x.T).T GB/s']:5.1f} GB/s  speed-up {row['speed_up']:.2f}", flush=True)
+    speed_ups = [r["speed_up"] for r in report["results"] if r["ours_uses_second_form"]]
+    if speed_ups:
+        print(f"where ours takes the second form: median speed-up {statistics.median(speed_ups):.2f}, "
+              f"lowest {min(speed_ups):.2f}")
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
