@@ -4,7 +4,9 @@ For each shape (MiniLM, bert-base, GPT-2 small and medium, random weights from t
 step does not depend on the values) the two sides get the same weights, the same batches (SST-2 training
 sentences tokenized for that shape, max length 64; batch 32, the course's, and a larger batch that fills a GPU),
 the same optimizer and precision (bf16 autocast on a GPU); steps alternate ours / theirs after a warm-up and the
-medians are reported as tokens per second (real tokens) and the ratio of step times ours / theirs. The fraction
+medians are reported as tokens per second (real tokens) and the ratio of step times ours / theirs; with
+--ours-alone-batch-sizes, larger batches time our step alone (their model freed first), to see how much of the
+GPU our step can use when the batch fills it (both sides together ran out of memory at 512 on an H200). The fraction
 of the GPU's bf16 peak counts 4 x backbone parameters x tokens/s for a frozen backbone (forward 2N, the backward
 to the activations 2N) and 6 x for full fine-tuning (the weight gradients too). Generation: GPT-2 with a
 20-token prefix, batch 8, 64 new tokens, greedy, against peft's `generate` with the same prefix.
@@ -161,8 +163,9 @@ def peak_step_memory_mb(step, batch: dict, device) -> float | None:
 
 
 def time_training(shape: str, name: str, directory: Path, device, steps: int, warmup: int, precision: str,
-                  batch_sizes: tuple[int, ...]) -> list[dict]:
-    """One row per batch size: both sides built once, their steps alternating on the same batches."""
+                  batch_sizes: tuple[int, ...], ours_alone: tuple[int, ...] = ()) -> list[dict]:
+    """One row per batch size: both sides built once, their steps alternating on the same batches; at the
+    `ours_alone` sizes our steps only (a batch that fills the GPU for one side would not fit for two)."""
     torch.manual_seed(0)
     ours, tokenizer = build_ours(name, directory, device)
     torch.manual_seed(0)
@@ -174,22 +177,37 @@ def time_training(shape: str, name: str, directory: Path, device, steps: int, wa
     peak = next((v for k, v in BF16_PEAK.items() if device.type == "cuda" and k in torch.cuda.get_device_name(device)),
                 None)
     rows = []
-    for batch_size in batch_sizes:
+    for batch_size in batch_sizes + tuple(b for b in ours_alone if b not in batch_sizes):
+        alone = batch_size not in batch_sizes
+        if alone and theirs is not None:  # free their model's memory for our larger batches
+            del theirs, steps_of["theirs"]
+            theirs = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         data = sst2_batches(tokenizer, steps + warmup, device, ours.backbone.config.is_decoder, batch_size)
-        ours_times, theirs_times = alternate(steps_of["ours"], steps_of["theirs"], data, warmup)
+        try:
+            ours_times, theirs_times = alternate(steps_of["ours"], steps_of.get("theirs"), data, warmup)
+        except torch.cuda.OutOfMemoryError:
+            if not alone:
+                raise
+            print(f"{shape:>12} {name:>17} batch {batch_size:4d}: out of GPU memory (ours alone), skipped", flush=True)
+            del data
+            torch.cuda.empty_cache()
+            continue
         tokens = statistics.mean(int(b["attention_mask"].sum()) for b in data[warmup:])
-        ours_s, theirs_s = statistics.median(ours_times), statistics.median(theirs_times)
-        row = {"shape": shape, "method": name, "batch_size": batch_size, "backbone_params": n,
-               "ours_step_s": ours_s, "theirs_step_s": theirs_s, "step_time_ratio": ours_s / theirs_s,
-               "ours_tokens_per_s": tokens / ours_s, "theirs_tokens_per_s": tokens / theirs_s,
+        ours_s = statistics.median(ours_times)
+        theirs_s = statistics.median(theirs_times) if theirs_times else None
+        row = {"shape": shape, "method": name, "batch_size": batch_size, "backbone_params": n, "ours_alone": alone,
+               "ours_step_s": ours_s, "theirs_step_s": theirs_s, "step_time_ratio": theirs_s and ours_s / theirs_s,
+               "ours_tokens_per_s": tokens / ours_s, "theirs_tokens_per_s": theirs_s and tokens / theirs_s,
                "tokens_per_batch": tokens, "padded_tokens_per_batch": statistics.mean(
                    b["attention_mask"].numel() for b in data[warmup:]), "steps_timed": len(ours_times),
                "ours_flops_per_s": flops_per_token * tokens / ours_s,
                "ours_step_memory_mb": peak_step_memory_mb(steps_of["ours"], data[0], device),
-               "theirs_step_memory_mb": peak_step_memory_mb(steps_of["theirs"], data[0], device)}
+               "theirs_step_memory_mb": theirs_s and peak_step_memory_mb(steps_of["theirs"], data[0], device)}
         row["fraction_of_bf16_peak"] = row["ours_flops_per_s"] / peak if peak and precision == "bf16" else None
         row["theirs_fraction_of_bf16_peak"] = (flops_per_token * tokens / theirs_s / peak
-                                               if peak and precision == "bf16" else None)
+                                               if peak and precision == "bf16" and theirs_s else None)
         rows.append(row)
     del ours, theirs, steps_of
     if device.type == "cuda":
@@ -240,20 +258,23 @@ def markdown_table(report: dict) -> str:
     """The README's tables from a report: one training row per shape and method (the largest batch's tokens/s,
     peak fraction and memory; the step-time ratio at every batch size), then generation."""
     percent = lambda x: "—" if x is None else f"{100 * x:.0f}%"
-    sizes = sorted({r["batch_size"] for r in report["training"]})
-    big = sizes[-1] if sizes else None
+    number = lambda x: "—" if x is None else f"{x:,.0f}"
+    sizes = sorted({r["batch_size"] for r in report["training"] if not r.get("ours_alone")})  # both sides timed
+    big = max((r["batch_size"] for r in report["training"]), default=None)
+    alone = " (ours alone)" if any(r.get("ours_alone") for r in report["training"]) else ""
     lines = ["| shape | method | " + " | ".join(f"time ours/theirs, batch {b}" for b in sizes)
-             + f" | tokens/s ours / theirs, batch {big} | of the bf16 peak, ours / theirs | step memory ours / theirs "
-             "(MB) |", "| --- | --- |" + " ---: |" * (len(sizes) + 3)]
+             + f" | tokens/s ours / theirs, batch {big}{alone} | of the bf16 peak, ours / theirs | step memory ours / "
+             "theirs (MB) |", "| --- | --- |" + " ---: |" * (len(sizes) + 3)]
     rows = {(r["shape"], r["method"], r["batch_size"]): r for r in report["training"]}
     for shape, method in dict.fromkeys((r["shape"], r["method"]) for r in report["training"]):
-        r = rows[shape, method, big]
+        r = rows.get((shape, method, big)) or max((row for row in report["training"] if row["shape"] == shape
+                                                   and row["method"] == method), key=lambda row: row["batch_size"])
         ratios = " | ".join(f"**{rows[shape, method, b]['step_time_ratio']:.2f}**" if (shape, method, b) in rows
                             else "—" for b in sizes)
         memory = ("—" if r.get("ours_step_memory_mb") is None
-                  else f"{r['ours_step_memory_mb']:,.0f} / {r['theirs_step_memory_mb']:,.0f}")
+                  else f"{r['ours_step_memory_mb']:,.0f} / {number(r['theirs_step_memory_mb'])}")
         lines.append(f"| {shape} | {method.replace('_', ' ')} | {ratios} | {r['ours_tokens_per_s']:,.0f} / "
-                     f"{r['theirs_tokens_per_s']:,.0f} | {percent(r['fraction_of_bf16_peak'])} / "
+                     f"{number(r['theirs_tokens_per_s'])} | {percent(r['fraction_of_bf16_peak'])} / "
                      f"{percent(r.get('theirs_fraction_of_bf16_peak'))} | {memory} |")
     if report["generation"]:
         lines += ["", "| shape | ours (tokens/s) | peft (tokens/s) | ours / peft | same tokens |",
@@ -272,6 +293,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--batch-sizes", default=None,
                         help="comma-separated sentences per step (default: 32,256 on a GPU, 32 on CPU)")
+    parser.add_argument("--ours-alone-batch-sizes", default="",
+                        help="comma-separated larger batches at which only our step is timed, after the others (their "
+                             "model is freed first): how much of the GPU our step can use when the batch fills it")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per side")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="default: bf16 on a GPU, fp32 on CPU")
@@ -296,6 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.backends.cuda.enable_cudnn_sdp(args.cudnn_attention)
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     batch_sizes = tuple(int(b) for b in (args.batch_sizes or ("32,256" if device.type == "cuda" else "32")).split(","))
+    ours_alone = tuple(int(b) for b in args.ours_alone_batch_sizes.split(",") if b)
     shapes = args.shapes.split(",")
     unknown = [shape for shape in shapes if shape not in SHAPES]
     if unknown:
@@ -322,7 +347,7 @@ def main(argv: list[str] | None = None) -> dict:
             for name in ([] if args.only_generation else args.methods.split(",")):
                 try:
                     rows = time_training(shape, name, directory, device, args.steps, args.warmup, precision,
-                                         batch_sizes)
+                                         batch_sizes, ours_alone)
                 except Exception as error:  # one failing row must not cost the others (a lent GPU's time is short)
                     if device.type != "cuda":
                         raise
@@ -333,9 +358,10 @@ def main(argv: list[str] | None = None) -> dict:
                 for row in rows:
                     report["training"].append(row)
                     peak = row["fraction_of_bf16_peak"]
-                    print(f"{shape:>12} {name:>17} batch {row['batch_size']:4d}: {row['ours_tokens_per_s']:9.0f} vs "
-                          f"{row['theirs_tokens_per_s']:9.0f} tokens/s, time ours/theirs {row['step_time_ratio']:.2f}"
-                          + (f", {100 * peak:.0f}% of bf16 peak" if peak else ""), flush=True)
+                    versus = ("(ours alone)" if row["ours_alone"] else f"vs {row['theirs_tokens_per_s']:9.0f} "
+                              f"tokens/s, time ours/theirs {row['step_time_ratio']:.2f}")
+                    print(f"{shape:>12} {name:>17} batch {row['batch_size']:4d}: {row['ours_tokens_per_s']:9.0f} "
+                          f"{versus}" + (f", {100 * peak:.0f}% of bf16 peak" if peak else ""), flush=True)
                 save()
             if SHAPES[shape][0] == "gpt2":
                 report["generation"][shape] = time_generation(directory, device, args.generation_tokens, precision)

@@ -1,10 +1,12 @@
-"""How fast a CPU multiplies a few rows by a model's weights, in the two forms `minitransformer.model.linear` chooses
-between: x @ W.T (F.linear, what nn.Linear and transformers do) and (W @ x.T).T (what ours does for a few rows).
+"""How fast a CPU multiplies a few rows by a model's weights: x @ W.T (F.linear, what nn.Linear and transformers
+do), (W @ x.T).T, and what `minitransformer.model.linear` does while generating (`decoding_layout`: oneDNN's kernel
+on the weights in its blocked layout, where PyTorch has it; else the second form; F.linear for small weights).
 
 A generation step multiplies one row per sequence by every weight of the model, so its speed is how fast the
 weights are read. The weights here are those of a whole GPT-2 stack (all layers, then the 50257-word LM head), far
-more than the CPU's caches hold, and each timing reads them all once, as a generation step does; tuning on one small
-matrix would time the cache, not the memory. Reports GB/s of weights read and the speed-up of the second form.
+more than the CPU's caches hold, and each timing reads them all once, as a generation step does; timing one small
+matrix would time the cache, not the memory. The forms take turns, so a busy machine slows them alike.
+Reports GB/s of weights read and the speed-ups over F.linear.
 
     python benchmarks/small_matmul.py                      # GPT-2 small and medium shapes, 1 to 64 rows
     python benchmarks/small_matmul.py --hidden 768 --rows 8 --out benchmarks/results_small_matmul_cpu.json
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from minitransformer.model import FEW_ROWS, few_rows_form  # noqa: E402
+from minitransformer.model import FEW_ROWS, decoding_layout, few_rows_form, linear  # noqa: E402
 
 VOCAB = 50257
 LAYERS = {768: 12, 1024: 24}  # GPT-2 small and medium; other widths get 12 layers
@@ -39,26 +41,27 @@ def stack_weights(hidden: int, layers: int) -> dict[str, list[tuple[torch.Tensor
             "lm_head": [(torch.randn(VOCAB, hidden) * 0.02, None)]}
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def measure(weights: list[tuple[torch.Tensor, torch.Tensor | None]], rows: int, repeats: int) -> dict:
+    """Median seconds of each form over `repeats` turns (after one untimed turn), as GB/s and speed-ups."""
     inputs = {k: torch.randn(rows, k) for k in {w.shape[1] for w, _ in weights}}
     forms = {"x @ W.T": lambda x, w, b: F.linear(x, w, b),
-             "(W @ x.T).T": lambda x, w, b: (w @ x.T if b is None else torch.addmm(b[:, None], w, x.T)).T.contiguous()}
-    seconds = {name: best_time(lambda: [form(inputs[w.shape[1]], w, b) for w, b in weights], repeats)
-               for name, form in forms.items()}
+             "(W @ x.T).T": lambda x, w, b: (w @ x.T if b is None else torch.addmm(b[:, None], w, x.T)).T.contiguous(),
+             "ours generating": linear}
+    seconds: dict[str, list[float]] = {name: [] for name in forms}
+    with decoding_layout([w for w, _ in weights]):
+        for turn in range(repeats + 1):
+            for name, form in forms.items():
+                start = time.perf_counter()
+                for w, b in weights:
+                    form(inputs[w.shape[1]], w, b)
+                if turn:
+                    seconds[name].append(time.perf_counter() - start)
     gigabytes = sum(w.numel() * w.element_size() for w, _ in weights) / 1e9
-    return {"rows": rows, **{f"{name} GB/s": gigabytes / s for name, s in seconds.items()},
-            "speed_up": seconds["x @ W.T"] / seconds["(W @ x.T).T"],
-            "ours_uses_second_form": all(few_rows_form(rows, w) for w, _ in weights)}
+    median = {name: statistics.median(s) for name, s in seconds.items()}
+    return {"rows": rows, **{f"{name} GB/s": gigabytes / s for name, s in median.items()},
+            "(W @ x.T).T speed-up": median["x @ W.T"] / median["(W @ x.T).T"],
+            "ours speed-up": median["x @ W.T"] / median["ours generating"],
+            "ours_uses_own_form": all(few_rows_form(rows, w) for w, _ in weights)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -66,13 +69,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--hidden", default="768,1024", help="model widths, comma-separated (768 GPT-2 small, 1024 medium)")
     parser.add_argument("--layers", type=int, default=None, help="layers of the stack (default: GPT-2's for the width)")
     parser.add_argument("--rows", default="1,4,8,16,32,64", help="rows multiplied at once (a generation step: the batch)")
-    parser.add_argument("--repeats", type=int, default=5, help="timings of each; the fastest is kept")
+    parser.add_argument("--repeats", type=int, default=7, help="timed turns of each form; the median is kept")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
     report = {"torch": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads(),
               "date": date.today().isoformat(), "few_rows": FEW_ROWS, "results": []}
-    print(f"GB/s of weights read (x @ W.T | (W @ x.T).T), {torch.get_num_threads()} threads; "
-          f"ours takes the second form up to {FEW_ROWS} rows of a large weight")
+    print(f"GB/s of weights read: x @ W.T | (W @ x.T).T | ours generating ({torch.get_num_threads()} threads; ours "
+          f"takes its own form up to {FEW_ROWS} rows of a large weight)")
     for hidden in [int(h) for h in args.hidden.split(",")]:
         layers = args.layers or LAYERS.get(hidden, 12)
         for part, weights in stack_weights(hidden, layers).items():
@@ -80,10 +83,11 @@ def main(argv: list[str] | None = None) -> dict:
                 row = {"hidden": hidden, "layers": layers, "part": part, **measure(weights, rows, args.repeats)}
                 report["results"].append(row)
                 print(f"hidden {hidden:>5} {part:>8} rows {rows:>3}: {row['x @ W.T GB/s']:5.1f} | "
-                      f"{row['(W @ x.T).T GB/s']:5.1f} GB/s  speed-up {row['speed_up']:.2f}", flush=True)
-    speed_ups = [r["speed_up"] for r in report["results"] if r["ours_uses_second_form"]]
+                      f"{row['(W @ x.T).T GB/s']:5.1f} | {row['ours generating GB/s']:5.1f} GB/s   speed-ups "
+                      f"{row['(W @ x.T).T speed-up']:.2f} | {row['ours speed-up']:.2f}", flush=True)
+    speed_ups = [r["ours speed-up"] for r in report["results"] if r["ours_uses_own_form"]]
     if speed_ups:
-        print(f"where ours takes the second form: median speed-up {statistics.median(speed_ups):.2f}, "
+        print(f"where ours takes its own form: median speed-up {statistics.median(speed_ups):.2f}, "
               f"lowest {min(speed_ups):.2f}")
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")

@@ -53,10 +53,12 @@ def make_step(model, loss_fn, device, bf16: bool):
 
 def alternate(ours_step, theirs_step, data: list[dict], warmup: int) -> tuple[list[float], list[float]]:
     """Seconds of each side's steps, ours then theirs on every batch (both see the same machine load), after
-    `warmup` batches that are not timed."""
+    `warmup` batches that are not timed. theirs_step None: ours alone (their times come back empty)."""
     ours_times, theirs_times = [], []
     for i, batch in enumerate(data):
         for step, times in ((ours_step, ours_times), (theirs_step, theirs_times)):
+            if step is None:
+                continue
             start = time.perf_counter()
             step(batch)
             if i >= warmup:

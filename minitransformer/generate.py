@@ -11,8 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from .model import GrowingKeyValue, KeyValue, Transformer
+from .model import GrowingKeyValue, KeyValue, Transformer, decoding_layout
 from .seq2seq import EncoderDecoder
+
+
+def weights_of(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The matrices a decoding step multiplies rows by: the projections' weights and the LM head (with the
+    embeddings, which are small beside them or are the LM head)."""
+    return [p for p in model.parameters() if p.dim() == 2]
 
 
 def choose_next(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
@@ -63,17 +69,18 @@ def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.
     cache = [GrowingKeyValue(keys, values, keys.shape[2] + max_new_tokens) for keys, values in cache]
     sequences, finished = input_ids, torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     next_position = positions[:, -1:] + 1
-    for _ in range(max_new_tokens):
-        next_token = choose_next(model.lm_logits(hidden[:, -1]), temperature, top_k, generator)
-        next_token = torch.where(finished, torch.full_like(next_token, pad_id), next_token)
-        sequences = torch.cat([sequences, next_token[:, None]], dim=1)
-        if eos_id is not None:
-            finished |= next_token == eos_id
-        if finished.all():
-            break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        hidden = model(next_token[:, None], attention_mask=mask, position_ids=next_position, prefix=cache)
-        next_position = next_position + 1
+    with decoding_layout(weights_of(model)):  # CPU: weights in the layout a few rows are multiplied by fastest
+        for _ in range(max_new_tokens):
+            next_token = choose_next(model.lm_logits(hidden[:, -1]), temperature, top_k, generator)
+            next_token = torch.where(finished, torch.full_like(next_token, pad_id), next_token)
+            sequences = torch.cat([sequences, next_token[:, None]], dim=1)
+            if eos_id is not None:
+                finished |= next_token == eos_id
+            if finished.all():
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            hidden = model(next_token[:, None], attention_mask=mask, position_ids=next_position, prefix=cache)
+            next_position = next_position + 1
     return sequences
 
 
@@ -101,12 +108,13 @@ def generate_seq2seq(model: EncoderDecoder, input_ids: torch.Tensor | None = Non
     hidden, cache = model.decode(sequences, memory, prefix=decoder_prefix, return_cache=True)
     cache = [GrowingKeyValue(keys, values, keys.shape[2] + max_new_tokens) for keys, values in cache]
     finished = torch.zeros(B, dtype=torch.bool, device=device)
-    for _ in range(max_new_tokens):
-        next_token = choose_next(model.lm_logits(hidden[:, -1]), temperature, top_k, generator)
-        next_token = torch.where(finished, torch.full_like(next_token, pad_id), next_token)
-        sequences = torch.cat([sequences, next_token[:, None]], dim=1)
-        finished |= next_token == eos_id
-        if finished.all():
-            break
-        hidden = model.decode(next_token[:, None], memory, prefix=cache)
+    with decoding_layout(weights_of(model)):
+        for _ in range(max_new_tokens):
+            next_token = choose_next(model.lm_logits(hidden[:, -1]), temperature, top_k, generator)
+            next_token = torch.where(finished, torch.full_like(next_token, pad_id), next_token)
+            sequences = torch.cat([sequences, next_token[:, None]], dim=1)
+            finished |= next_token == eos_id
+            if finished.all():
+                break
+            hidden = model.decode(next_token[:, None], memory, prefix=cache)
     return sequences

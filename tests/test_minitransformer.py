@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from minitransformer import Transformer, TransformerConfig, generate, load_pretrained
-from minitransformer.model import FEW_ROWS, linear
+from minitransformer.model import FEW_ROWS, decoding_layout, linear
 from tests.conftest import build_checkpoint
 
 transformers = pytest.importorskip("transformers")
@@ -162,37 +162,46 @@ def test_gpt2_greedy_generation_matches_transformers(tiny_checkpoints):
 
 
 class MatrixProducts(TorchDispatchMode):
-    """Records the shapes of the two matrices of every mm / addmm that runs inside it."""
+    """Records, for every matrix product that runs inside it, the op's name and its output's shape."""
+
+    OPS = {torch.ops.aten.mm: "mm", torch.ops.aten.addmm: "addmm", torch.ops.mkldnn._linear_pointwise: "oneDNN"}
 
     def __init__(self):
         super().__init__()
-        self.shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+        self.products: list[tuple[str, tuple[int, ...]]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
-            first, second = args[-2:] if func.overloadpacket == torch.ops.aten.addmm else args[:2]
-            self.shapes.append((tuple(first.shape), tuple(second.shape)))
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in self.OPS:
+            self.products.append((self.OPS[func.overloadpacket], tuple(out.shape)))
+        return out
 
 
-def test_linear_multiplies_a_few_rows_weight_first_and_keeps_f_linear_elsewhere():
+def test_linear_multiplies_a_few_rows_in_its_own_forms_and_keeps_f_linear_elsewhere():
     g = torch.Generator().manual_seed(0)
     weight, bias = torch.randn(512, 384, generator=g) / 384 ** 0.5, torch.randn(512, generator=g)  # outputs ~ 1
     few, many = torch.randn(8, 1, 384, generator=g), torch.randn(FEW_ROWS + 1, 384, generator=g)
-    with MatrixProducts() as products:
+    with MatrixProducts() as recorded:
         out = linear(few, weight, bias)
-    assert products.shapes == [((512, 384), (384, 8))], f"a few rows: (W @ x.T).T, got {products.shapes}"
+    assert recorded.products == [("addmm", (512, 8))], f"a few rows: (W @ x.T).T, got {recorded.products}"
     assert out.shape == (8, 1, 512) and out.is_contiguous()
     torch.testing.assert_close(out, F.linear(few, weight, bias), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(linear(few, weight), F.linear(few, weight), rtol=1e-5, atol=1e-5)
+    if torch.backends.mkldnn.is_available():
+        with decoding_layout([weight]), MatrixProducts() as recorded:
+            laid_out = linear(few, weight, bias)
+        assert recorded.products == [("oneDNN", (8, 512))], f"in decoding_layout: oneDNN's kernel, got {recorded.products}"
+        torch.testing.assert_close(laid_out, F.linear(few, weight, bias), rtol=1e-5, atol=1e-5)
+        assert not hasattr(weight, "decoding_layout"), "the second copy must go on leaving"
     # Many rows, or a weight small enough to sit in the caches: F.linear itself, the same bits as before.
-    assert torch.equal(linear(many, weight, bias), F.linear(many, weight, bias))
+    with decoding_layout([weight]):
+        assert torch.equal(linear(many, weight, bias), F.linear(many, weight, bias))
     small = weight[:64, :64].contiguous()
     assert torch.equal(linear(few[..., :64], small), F.linear(few[..., :64], small))
 
 
 def test_gpt2_generation_through_the_few_rows_products_matches_transformers(tmp_path):
-    """A GPT-2 wide enough (384) for every projection and the LM head to take `linear`'s few-rows form while
+    """A GPT-2 wide enough (384) for every projection and the LM head to take `linear`'s few-rows forms while
     decoding: the greedy ids are still those of transformers."""
     from tests.conftest import build_tokenizer
     build_tokenizer("gpt2", tmp_path)
@@ -205,12 +214,17 @@ def test_gpt2_generation_through_the_few_rows_products_matches_transformers(tmp_
     batch = tokenizer.encode(["the movie was", "a terrible film with a"], padding_side="left")
     theirs = hf_model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None)
-    with MatrixProducts() as products:
+    with MatrixProducts() as recorded:
         ours = generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=12, eos_id=-1)
     assert torch.equal(ours, theirs), f"greedy ids differ:\n{ours}\n{theirs}"
-    weight_first = [first for first, second in products.shapes if second[-1] == 2]  # (out, in) @ (in, 2 rows)
-    assert (400, 384) in weight_first and (4 * 384, 384) in weight_first and (384, 384) in weight_first, \
-        "decoding steps must multiply the LM head and the layers' weights by the rows, weight first"
+    kernel, rows_last = ("oneDNN", True) if torch.backends.mkldnn.is_available() else ("addmm", False)
+    shapes = {shape if rows_last else shape[::-1] for op, shape in recorded.products if op == kernel}
+    assert {(2, 400), (2, 4 * 384), (2, 384)} <= shapes, \
+        f"decoding steps must multiply the LM head and the layers' weights by the rows with {kernel}, got {shapes}"
+    assert not any(hasattr(p, "decoding_layout") for p in model.parameters())
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the blocked fp32 copies are not for bf16 rows
+        assert generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=3).shape[1] == \
+            batch["input_ids"].shape[1] + 3
 
 
 def random_prefix(model, batch_size, length, seed=0):
