@@ -90,7 +90,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])  # (rows, in)
     blocked = getattr(weight, "decoding_layout", None)
-    if blocked is not None and x.dtype == weight.dtype and not torch.is_autocast_enabled("cpu"):
+    if (blocked is not None and x.dtype == weight.dtype and not torch.is_grad_enabled()  # the op has no backward
+            and not torch.is_autocast_enabled("cpu")):
         out = torch.ops.mkldnn._linear_pointwise(rows, blocked, bias, "none", [], "")  # (rows, out)
         return out.view(*x.shape[:-1], weight.shape[0])
     out = weight @ rows.T if bias is None else torch.addmm(bias[:, None], weight, rows.T)  # (out, rows)

@@ -188,11 +188,15 @@ def test_linear_multiplies_a_few_rows_in_its_own_forms_and_keeps_f_linear_elsewh
     torch.testing.assert_close(out, F.linear(few, weight, bias), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(linear(few, weight), F.linear(few, weight), rtol=1e-5, atol=1e-5)
     if torch.backends.mkldnn.is_available():
-        with decoding_layout([weight]), MatrixProducts() as recorded:
+        with torch.no_grad(), decoding_layout([weight]), MatrixProducts() as recorded:  # as in generate()
             laid_out = linear(few, weight, bias)
         assert recorded.products == [("oneDNN", (8, 512))], f"in decoding_layout: oneDNN's kernel, got {recorded.products}"
         torch.testing.assert_close(laid_out, F.linear(few, weight, bias), rtol=1e-5, atol=1e-5)
         assert not hasattr(weight, "decoding_layout"), "the second copy must go on leaving"
+        with decoding_layout([weight]):  # with gradients on, not oneDNN's op (it has no backward)
+            rows = few.clone().requires_grad_()
+            linear(rows, weight, bias).sum().backward()
+        torch.testing.assert_close(rows.grad, weight.sum(0).expand_as(few), rtol=1e-5, atol=1e-5)
     # Many rows, or a weight small enough to sit in the caches: F.linear itself, the same bits as before.
     with decoding_layout([weight]):
         assert torch.equal(linear(many, weight, bias), F.linear(many, weight, bias))
