@@ -66,9 +66,11 @@ def measure(weights: list[tuple[torch.Tensor, torch.Tensor | None]], rows: int, 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hidden", default="768,1024", help="model widths, comma-separated (768 GPT-2 small, 1024 medium)")
+    parser.add_argument("--hidden", default="768,1024",
+                        help="model widths, comma-separated (768: GPT-2 small, 1024: medium)")
     parser.add_argument("--layers", type=int, default=None, help="layers of the stack (default: GPT-2's for the width)")
-    parser.add_argument("--rows", default="1,4,8,16,32,64", help="rows multiplied at once (a generation step: the batch)")
+    parser.add_argument("--rows", default="1,4,8,16,32,64",
+                        help="rows multiplied at once (in a generation step: the batch)")
     parser.add_argument("--repeats", type=int, default=7, help="timed turns of each form; the median is kept")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)

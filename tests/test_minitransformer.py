@@ -190,7 +190,8 @@ def test_linear_multiplies_a_few_rows_in_its_own_forms_and_keeps_f_linear_elsewh
     if torch.backends.mkldnn.is_available():
         with torch.no_grad(), decoding_layout([weight]), MatrixProducts() as recorded:  # as in generate()
             laid_out = linear(few, weight, bias)
-        assert recorded.products == [("oneDNN", (8, 512))], f"in decoding_layout: oneDNN's kernel, got {recorded.products}"
+        assert recorded.products == [("oneDNN", (8, 512))], \
+            f"in decoding_layout: oneDNN's kernel, got {recorded.products}"
         torch.testing.assert_close(laid_out, F.linear(few, weight, bias), rtol=1e-5, atol=1e-5)
         assert not hasattr(weight, "decoding_layout"), "the second copy must go on leaving"
         with decoding_layout([weight]):  # with gradients on, not oneDNN's op (it has no backward)
