@@ -48,7 +48,7 @@ def measure(weights: list[tuple[torch.Tensor, torch.Tensor | None]], rows: int, 
              "(W @ x.T).T": lambda x, w, b: (w @ x.T if b is None else torch.addmm(b[:, None], w, x.T)).T.contiguous(),
              "ours generating": linear}
     seconds: dict[str, list[float]] = {name: [] for name in forms}
-    with decoding_layout([w for w, _ in weights]):
+    with torch.no_grad(), decoding_layout([w for w, _ in weights]):  # as in generate()
         for turn in range(repeats + 1):
             for name, form in forms.items():
                 start = time.perf_counter()
