@@ -6,7 +6,8 @@ sentences tokenized for that shape, max length 64; batch 32, the course's, and a
 the same optimizer and precision (bf16 autocast on a GPU); steps alternate ours / theirs after a warm-up and the
 medians are reported as tokens per second (real tokens) and the ratio of step times ours / theirs; with
 --ours-alone-batch-sizes, larger batches time our step alone (their model freed first), to see how much of the
-GPU our step can use when the batch fills it (both sides together ran out of memory at 512 on an H200). The fraction
+GPU our step can use when the batch fills it (both sides together ran out of memory at 512 on an H200); with
+--profile, our step at each method's largest batch is profiled (how busy the GPU is, kernels per step). The fraction
 of the GPU's bf16 peak counts 4 x backbone parameters x tokens/s for a frozen backbone (forward 2N, the backward
 to the activations 2N) and 6 x for full fine-tuning (the weight gradients too). Generation: GPT-2 with a
 20-token prefix, batch 8, 64 new tokens, greedy, against peft's `generate` with the same prefix.
@@ -162,8 +163,35 @@ def peak_step_memory_mb(step, batch: dict, device) -> float | None:
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
+def profile_step(step, batch: dict, device, steps: int = 3) -> dict:
+    """Where one of our steps spends its time (torch.profiler over `steps` steps): on a GPU the kernels' busy
+    time against the wall time (a fraction far below 1: the GPU waits for the host to launch them), the kernels
+    launched per step and the costliest; on CPU the same for the operators' own time."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == "cuda"
+    step(batch)
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as profiler:
+        for _ in range(steps):
+            step(batch)
+    wall = (time.perf_counter() - start) / steps  # with the profiler's own overhead
+    if cuda:
+        events = [e for e in profiler.key_averages() if e.device_type == DeviceType.CUDA]  # the kernels
+        own_seconds = lambda e: e.self_device_time_total / 1e6 / steps
+    else:
+        events = list(profiler.key_averages())
+        own_seconds = lambda e: e.self_cpu_time_total / 1e6 / steps
+    busy = sum(own_seconds(e) for e in events)
+    top = sorted(events, key=own_seconds, reverse=True)[:8]
+    return {"wall_s": wall, "busy_s": busy, "busy_fraction": busy / wall,
+            "launches_per_step": sum(e.count for e in events) / steps,
+            "costliest": [{"name": e.key[:80], "seconds_per_step": own_seconds(e), "calls_per_step": e.count / steps}
+                          for e in top]}
+
+
 def time_training(shape: str, name: str, directory: Path, device, steps: int, warmup: int, precision: str,
-                  batch_sizes: tuple[int, ...], ours_alone: tuple[int, ...] = ()) -> list[dict]:
+                  batch_sizes: tuple[int, ...], ours_alone: tuple[int, ...] = (), profile: bool = False) -> list[dict]:
     """One row per batch size: both sides built once, their steps alternating on the same batches; at the
     `ours_alone` sizes our steps only (a batch that fills the GPU for one side would not fit for two)."""
     torch.manual_seed(0)
@@ -209,6 +237,10 @@ def time_training(shape: str, name: str, directory: Path, device, steps: int, wa
         row["theirs_fraction_of_bf16_peak"] = (flops_per_token * tokens / theirs_s / peak
                                                if peak and precision == "bf16" and theirs_s else None)
         rows.append(row)
+    if profile and rows:  # our step at the largest batch that ran
+        largest = max(rows, key=lambda row: row["batch_size"])
+        batch = sst2_batches(tokenizer, 1, device, ours.backbone.config.is_decoder, largest["batch_size"])[0]
+        largest["ours_profile"] = profile_step(steps_of["ours"], batch, device)
     del ours, theirs, steps_of
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -296,6 +328,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ours-alone-batch-sizes", default="",
                         help="comma-separated larger batches at which only our step is timed, after the others (their "
                              "model is freed first): how much of the GPU our step can use when the batch fills it")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile our step at each method's largest batch: busy fraction of the GPU (or CPU), "
+                             "kernels launched per step, the costliest kernels")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per side")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="default: bf16 on a GPU, fp32 on CPU")
@@ -347,7 +382,7 @@ def main(argv: list[str] | None = None) -> dict:
             for name in ([] if args.only_generation else args.methods.split(",")):
                 try:
                     rows = time_training(shape, name, directory, device, args.steps, args.warmup, precision,
-                                         batch_sizes, ours_alone)
+                                         batch_sizes, ours_alone, args.profile)
                 except Exception as error:  # one failing row must not cost the others (a lent GPU's time is short)
                     if device.type != "cuda":
                         raise
@@ -362,6 +397,11 @@ def main(argv: list[str] | None = None) -> dict:
                               f"tokens/s, time ours/theirs {row['step_time_ratio']:.2f}")
                     print(f"{shape:>12} {name:>17} batch {row['batch_size']:4d}: {row['ours_tokens_per_s']:9.0f} "
                           f"{versus}" + (f", {100 * peak:.0f}% of bf16 peak" if peak else ""), flush=True)
+                    if "ours_profile" in row:
+                        p = row["ours_profile"]
+                        print(f"{'':>31} profile: busy {100 * p['busy_fraction']:.0f}% of {1e3 * p['wall_s']:.1f} ms, "
+                              f"{p['launches_per_step']:.0f} launches a step; costliest "
+                              f"{p['costliest'][0]['name']!r}", flush=True)
                 save()
             if SHAPES[shape][0] == "gpt2":
                 report["generation"][shape] = time_generation(directory, device, args.generation_tokens, precision)

@@ -15,7 +15,7 @@ def test_the_gpu_benchmark_runs_at_tiny_shapes_on_cpu(minilm_dir, tmp_path):
     import gpu
     report = gpu.main(["--device", "cpu", "--shapes", "tiny-bert,tiny-gpt2", "--methods", "prefix_tuning,lora",
                        "--steps", "1", "--warmup", "1", "--generation-tokens", "4", "--ours-alone-batch-sizes", "40",
-                       "--out", str(tmp_path / "r.json")])
+                       "--profile", "--out", str(tmp_path / "r.json")])
     assert [(r["shape"], r["method"], r["batch_size"]) for r in report["training"]] == [
         (shape, method, size) for shape in ("tiny-bert", "tiny-gpt2") for method in ("prefix_tuning", "lora")
         for size in (32, 40)]
@@ -23,8 +23,10 @@ def test_the_gpu_benchmark_runs_at_tiny_shapes_on_cpu(minilm_dir, tmp_path):
         assert row["ours_tokens_per_s"] > 0 and row["fraction_of_bf16_peak"] is None, "no bf16 peak on a CPU"
         if row["ours_alone"]:
             assert row["theirs_tokens_per_s"] is None and row["step_time_ratio"] is None, "theirs not timed"
+            profile = row["ours_profile"]  # the largest batch of each method is profiled
+            assert profile["launches_per_step"] > 0 and 0 < profile["busy_s"] and len(profile["costliest"]) == 8
         else:
-            assert row["theirs_tokens_per_s"] > 0 and row["step_time_ratio"] > 0
+            assert row["theirs_tokens_per_s"] > 0 and row["step_time_ratio"] > 0 and "ours_profile" not in row
     generation = report["generation"]["tiny-gpt2"]
     assert generation["same_tokens"], "with the same prefix, greedy decoding must give peft's tokens"
     assert (tmp_path / "r.json").exists()
