@@ -104,7 +104,8 @@ def decoding_layout(weights: list[torch.Tensor]):
     rows by (a second copy of those weights, dropped on leaving). PyTorch's compiler does the same for inference
     (inductor's weight prepacking); the ops are PyTorch's internal ones (torch.ops.mkldnn), so where they are
     missing (a build without oneDNN) nothing changes but the speed."""
-    weights = [w for w in weights if w.device.type == "cpu" and w.dtype == torch.float32 and few_rows_form(1, w)]
+    weights = [w for w in {id(w): w for w in weights}.values()  # each once: a tied weight may come twice
+               if w.device.type == "cpu" and w.dtype == torch.float32 and few_rows_form(1, w)]
     laid_out = []
     try:
         if torch.backends.mkldnn.is_available():
@@ -117,7 +118,8 @@ def decoding_layout(weights: list[torch.Tensor]):
         yield
     finally:
         for weight in laid_out:
-            del weight.decoding_layout
+            if hasattr(weight, "decoding_layout"):  # an inner decoding_layout may have dropped it already
+                del weight.decoding_layout
 
 
 class Linear(nn.Linear):

@@ -198,6 +198,9 @@ def test_linear_multiplies_a_few_rows_in_its_own_forms_and_keeps_f_linear_elsewh
             rows = few.clone().requires_grad_()
             linear(rows, weight, bias).sum().backward()
         torch.testing.assert_close(rows.grad, weight.sum(0).expand_as(few), rtol=1e-5, atol=1e-5)
+        with decoding_layout([weight, weight]), decoding_layout([weight]):  # twice, and nested: no error
+            pass
+        assert not hasattr(weight, "decoding_layout")
     # Many rows, or a weight small enough to sit in the caches: F.linear itself, the same bits as before.
     with decoding_layout([weight]):
         assert torch.equal(linear(many, weight, bias), F.linear(many, weight, bias))
