@@ -224,18 +224,20 @@ def time_training(shape: str, name: str, directory: Path, device, steps: int, wa
             continue
         tokens = statistics.mean(int(b["attention_mask"].sum()) for b in data[warmup:])
         ours_s = statistics.median(ours_times)
-        theirs_s = statistics.median(theirs_times) if theirs_times else None
+        theirs_s = statistics.median(theirs_times) if theirs_times else None  # None: ours alone
+        compared = theirs_s is not None
         row = {"shape": shape, "method": name, "batch_size": batch_size, "backbone_params": n, "ours_alone": alone,
-               "ours_step_s": ours_s, "theirs_step_s": theirs_s, "step_time_ratio": theirs_s and ours_s / theirs_s,
-               "ours_tokens_per_s": tokens / ours_s, "theirs_tokens_per_s": theirs_s and tokens / theirs_s,
+               "ours_step_s": ours_s, "theirs_step_s": theirs_s,
+               "step_time_ratio": ours_s / theirs_s if compared else None,
+               "ours_tokens_per_s": tokens / ours_s, "theirs_tokens_per_s": tokens / theirs_s if compared else None,
                "tokens_per_batch": tokens, "padded_tokens_per_batch": statistics.mean(
                    b["attention_mask"].numel() for b in data[warmup:]), "steps_timed": len(ours_times),
                "ours_flops_per_s": flops_per_token * tokens / ours_s,
                "ours_step_memory_mb": peak_step_memory_mb(steps_of["ours"], data[0], device),
-               "theirs_step_memory_mb": theirs_s and peak_step_memory_mb(steps_of["theirs"], data[0], device)}
+               "theirs_step_memory_mb": peak_step_memory_mb(steps_of["theirs"], data[0], device) if compared else None}
         row["fraction_of_bf16_peak"] = row["ours_flops_per_s"] / peak if peak and precision == "bf16" else None
         row["theirs_fraction_of_bf16_peak"] = (flops_per_token * tokens / theirs_s / peak
-                                               if peak and precision == "bf16" and theirs_s else None)
+                                               if peak and precision == "bf16" and compared else None)
         rows.append(row)
     if profile and rows:  # our step at the largest batch that ran
         largest = max(rows, key=lambda row: row["batch_size"])

@@ -70,60 +70,77 @@ FEW_ROWS = 32
 LARGE_WEIGHT, LARGE_INPUT = 2 ** 17, 128
 
 
-def few_rows_form(rows: int, weight: torch.Tensor) -> bool:
-    """Whether `linear` multiplies `rows` rows by `weight` in a form of its own on a CPU (else F.linear)."""
-    return rows <= FEW_ROWS and weight.numel() >= LARGE_WEIGHT and weight.shape[1] >= LARGE_INPUT
+def is_large(weight: torch.Tensor) -> bool:
+    """Whether a few rows times `weight` is worth a form of its own while generating on a CPU."""
+    return weight.numel() >= LARGE_WEIGHT and weight.shape[1] >= LARGE_INPUT
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weight.T + bias, as F.linear; for a few rows and a large weight on a CPU in a faster form.
+    """x @ weight.T + bias: F.linear, except for a few rows times a weight that `decoding_layout` prepared.
 
     Why: a generation step multiplies a handful of rows by every weight, so it is bound by how fast the
-    weights come from memory, and MKL reads them at only 4-8 GB/s through x @ W.T. Two faster forms:
-    - (W @ x.T).T: 1.2-2x faster (2.1x on GPT-2's 50257 x 768 LM head at 8 rows);
-    - while generating (`decoding_layout`), oneDNN's kernel on the weight laid out in its own blocks: about
-      twice F.linear's speed on the whole of GPT-2 small.
-    `python benchmarks/small_matmul.py` measures them on your machine. The sums run in another order, so the
-    results agree with F.linear to float rounding (about 1e-6), not bit for bit: the many-row products of
-    training and evaluation keep F.linear, and their numbers."""
-    if x.device.type != "cpu" or not few_rows_form(x.numel() // max(x.shape[-1], 1), weight):
+    weights come from memory, and MKL reads them at only 4-8 GB/s through x @ W.T. While generating on a CPU
+    (`decoding_layout`), two faster forms (`python benchmarks/small_matmul.py` measures them on your machine):
+    - oneDNN's kernel on a copy of the weight laid out in its own blocks: about twice F.linear's speed on the
+      whole of GPT-2 small (3x on its 50257 x 768 LM head at 8 rows);
+    - where PyTorch lacks that kernel, (W @ x.T).T: 1.2-2x.
+    The sums run in another order, so those results agree with F.linear to float rounding (about 1e-6), not
+    bit for bit; outside generation (training, evaluation) every product is F.linear, and keeps its numbers."""
+    layout = getattr(weight, "decoding_layout", None)  # (weight's version when laid out, blocked copy or None)
+    rows = math.prod(x.shape[:-1])
+    if (layout is None or layout[0] != weight._version  # none, or the weight changed since: the copy is stale
+            or rows > FEW_ROWS or torch.is_grad_enabled() or x.dtype != weight.dtype or x.device.type != "cpu"):
         return F.linear(x, weight, bias)
-    rows = x.reshape(-1, x.shape[-1])  # (rows, in)
-    blocked = getattr(weight, "decoding_layout", None)
-    if (blocked is not None and x.dtype == weight.dtype and not torch.is_grad_enabled()  # the op has no backward
-            and not torch.is_autocast_enabled("cpu")):
-        out = torch.ops.mkldnn._linear_pointwise(rows, blocked, bias, "none", [], "")  # (rows, out)
-        return out.view(*x.shape[:-1], weight.shape[0])
-    out = weight @ rows.T if bias is None else torch.addmm(bias[:, None], weight, rows.T)  # (out, rows)
-    return out.T.contiguous().view(*x.shape[:-1], weight.shape[0])
+    flat = x.reshape(rows, -1)  # (rows, in)
+    if layout[1] is not None:
+        out = torch.ops.mkldnn._linear_pointwise(flat, layout[1], bias, "none", [], "")  # (rows, out)
+    else:
+        out = (weight @ flat.T if bias is None else torch.addmm(bias[:, None], weight, flat.T)).T.contiguous()
+    return out.view(*x.shape[:-1], weight.shape[0])
 
 
 @contextmanager
-def decoding_layout(weights: list[torch.Tensor]):
-    """While inside: each large CPU weight also kept in oneDNN's blocked layout, which `linear` multiplies a few
-    rows by (a second copy of those weights, dropped on leaving). PyTorch's compiler does the same for inference
-    (inductor's weight prepacking); the ops are PyTorch's internal ones (torch.ops.mkldnn), so where they are
-    missing (a build without oneDNN) nothing changes but the speed."""
+def decoding_layout(weights: list[torch.Tensor], blocked_copies: bool = True):
+    """While inside, `linear` multiplies a few rows by each of these weights (the large fp32 ones on a CPU) in a
+    faster form: oneDNN's kernel on a copy of the weight in its blocked layout (what PyTorch's compiler calls
+    weight prepacking), made on entering and dropped on leaving. The copies cost a second copy of those weights
+    meanwhile and time to make (0.3-0.5 s for GPT-2 small here, about what 10 decoding steps save), so
+    blocked_copies=False skips them for a short generation. The copy is a snapshot: a weight changed inside
+    goes back to F.linear. The ops are PyTorch's internal ones (torch.ops.mkldnn); without copies, or where
+    the ops are missing (a build without oneDNN), the (W @ x.T).T form serves. Under autocast nothing changes
+    (its rows would not be fp32)."""
+    if is_autocast_on_cpu():
+        yield
+        return
     weights = [w for w in {id(w): w for w in weights}.values()  # each once: a tied weight may come twice
-               if w.device.type == "cpu" and w.dtype == torch.float32 and few_rows_form(1, w)]
-    laid_out = []
-    try:
-        if torch.backends.mkldnn.is_available():
-            for weight in weights:
-                weight.decoding_layout = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), FEW_ROWS)
-                laid_out.append(weight)
-    except (RuntimeError, AttributeError):  # no such op in this build: the (W @ x.T).T form serves
-        pass
+               if w.device.type == "cpu" and w.dtype == torch.float32 and w.dim() == 2 and is_large(w)]
+    blocked = (blocked_copies and torch.backends.mkldnn.is_available()
+               and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+    for weight in weights:
+        copy = None
+        if blocked:
+            try:
+                copy = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), FEW_ROWS)
+            except RuntimeError:  # this build's oneDNN cannot: (W @ x.T).T for all of them
+                blocked = False
+        weight.decoding_layout = (weight._version, copy)
     try:
         yield
     finally:
-        for weight in laid_out:
+        for weight in weights:
             if hasattr(weight, "decoding_layout"):  # an inner decoding_layout may have dropped it already
                 del weight.decoding_layout
 
 
+def is_autocast_on_cpu() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 takes no device
+        return torch.is_autocast_cpu_enabled()
+
+
 class Linear(nn.Linear):
-    """nn.Linear (same parameters, same state dict) computed by `linear`, fast for a generation step."""
+    """nn.Linear (same parameters, same state dict) computed by `linear`: faster in a generation step."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)

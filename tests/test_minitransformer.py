@@ -164,7 +164,8 @@ def test_gpt2_greedy_generation_matches_transformers(tiny_checkpoints):
 class MatrixProducts(TorchDispatchMode):
     """Records, for every matrix product that runs inside it, the op's name and its output's shape."""
 
-    OPS = {torch.ops.aten.mm: "mm", torch.ops.aten.addmm: "addmm", torch.ops.mkldnn._linear_pointwise: "oneDNN"}
+    OPS = {torch.ops.aten.mm: "mm", torch.ops.aten.addmm: "addmm",
+           getattr(torch.ops.mkldnn, "_linear_pointwise", None): "oneDNN"}  # None in a build without oneDNN
 
     def __init__(self):
         super().__init__()
@@ -177,39 +178,56 @@ class MatrixProducts(TorchDispatchMode):
         return out
 
 
-def test_linear_multiplies_a_few_rows_in_its_own_forms_and_keeps_f_linear_elsewhere():
+@pytest.fixture(params=["oneDNN", "addmm"])
+def decoding_form(request, monkeypatch):
+    """Each form `decoding_layout` may give: oneDNN's blocked copy, or (W @ x.T).T where PyTorch has no oneDNN."""
+    if request.param == "oneDNN" and not torch.backends.mkldnn.is_available():
+        pytest.skip("this PyTorch has no oneDNN")
+    if request.param == "addmm":
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    return request.param
+
+
+def test_linear_is_f_linear_outside_generation_and_a_faster_form_inside(decoding_form):
     g = torch.Generator().manual_seed(0)
     weight, bias = torch.randn(512, 384, generator=g) / 384 ** 0.5, torch.randn(512, generator=g)  # outputs ~ 1
     few, many = torch.randn(8, 1, 384, generator=g), torch.randn(FEW_ROWS + 1, 384, generator=g)
-    with MatrixProducts() as recorded:
-        out = linear(few, weight, bias)
-    assert recorded.products == [("addmm", (512, 8))], f"a few rows: (W @ x.T).T, got {recorded.products}"
-    assert out.shape == (8, 1, 512) and out.is_contiguous()
-    torch.testing.assert_close(out, F.linear(few, weight, bias), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(linear(few, weight), F.linear(few, weight), rtol=1e-5, atol=1e-5)
-    if torch.backends.mkldnn.is_available():
-        with torch.no_grad(), decoding_layout([weight]), MatrixProducts() as recorded:  # as in generate()
-            laid_out = linear(few, weight, bias)
-        assert recorded.products == [("oneDNN", (8, 512))], \
-            f"in decoding_layout: oneDNN's kernel, got {recorded.products}"
-        torch.testing.assert_close(laid_out, F.linear(few, weight, bias), rtol=1e-5, atol=1e-5)
-        assert not hasattr(weight, "decoding_layout"), "the second copy must go on leaving"
-        with decoding_layout([weight]):  # with gradients on, not oneDNN's op (it has no backward)
-            rows = few.clone().requires_grad_()
-            linear(rows, weight, bias).sum().backward()
-        torch.testing.assert_close(rows.grad, weight.sum(0).expand_as(few), rtol=1e-5, atol=1e-5)
-        with decoding_layout([weight, weight]), decoding_layout([weight]):  # twice, and nested: no error
-            pass
-        assert not hasattr(weight, "decoding_layout")
-    # Many rows, or a weight small enough to sit in the caches: F.linear itself, the same bits as before.
-    with decoding_layout([weight]):
-        assert torch.equal(linear(many, weight, bias), F.linear(many, weight, bias))
-    small = weight[:64, :64].contiguous()
-    assert torch.equal(linear(few[..., :64], small), F.linear(few[..., :64], small))
+    with torch.no_grad():
+        assert torch.equal(linear(few, weight, bias), F.linear(few, weight, bias)), "outside: F.linear, bit for bit"
+        with decoding_layout([weight, weight]), MatrixProducts() as recorded:  # as in generate(); listed twice
+            out = linear(few, weight, bias)
+            unbiased = linear(few, weight)
+        shape = (8, 512) if decoding_form == "oneDNN" else (512, 8)  # (W @ x.T) comes out transposed
+        unbiased_op = "mm" if decoding_form == "addmm" else decoding_form
+        assert recorded.products == [(decoding_form, shape), (unbiased_op, shape)], f"got {recorded.products}"
+        assert out.shape == (8, 1, 512) and out.is_contiguous() and not hasattr(weight, "decoding_layout")
+        torch.testing.assert_close(out, F.linear(few, weight, bias), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(unbiased, F.linear(few, weight), rtol=1e-5, atol=1e-5)
+        with decoding_layout([weight]):
+            # Many rows, or a small weight: F.linear. A weight changed inside: its copy is stale, F.linear.
+            assert torch.equal(linear(many, weight, bias), F.linear(many, weight, bias))
+            small = weight[:64, :64].contiguous()
+            with decoding_layout([small]):
+                assert not hasattr(small, "decoding_layout"), "a weight that sits in the caches gets no form"
+            weight.mul_(2)
+            assert torch.equal(linear(few, weight, bias), F.linear(few, weight, bias)), "a stale copy was used"
+            with decoding_layout([weight]):  # nested: the inner one drops the copy, the outer one leaves cleanly
+                pass
+        with decoding_layout([weight], blocked_copies=False), MatrixProducts() as recorded:  # a short generation
+            out = linear(few, weight, bias)
+        torch.testing.assert_close(out, F.linear(few, weight, bias), rtol=1e-5, atol=1e-5)
+        assert recorded.products == [("addmm", (512, 8))], f"no copies: (W @ x.T).T, got {recorded.products}"
+        with torch.autocast("cpu", dtype=torch.bfloat16), decoding_layout([weight]):
+            assert not hasattr(weight, "decoding_layout"), "under autocast the rows are not fp32: no form"
+    with decoding_layout([weight]):  # gradients on: F.linear (oneDNN's op has no backward)
+        rows = few.clone().requires_grad_()
+        assert torch.equal(linear(rows, weight, bias), F.linear(few, weight, bias))
+        linear(rows, weight, bias).sum().backward()
+    torch.testing.assert_close(rows.grad, weight.sum(0).expand_as(few), rtol=1e-5, atol=1e-5)
 
 
-def test_gpt2_generation_through_the_few_rows_products_matches_transformers(tmp_path):
-    """A GPT-2 wide enough (384) for every projection and the LM head to take `linear`'s few-rows forms while
+def test_gpt2_generation_through_the_faster_forms_matches_transformers(decoding_form, tmp_path):
+    """A GPT-2 wide enough (384) for every projection and the LM head to take a form of `linear`'s own while
     decoding: the greedy ids are still those of transformers."""
     from tests.conftest import build_tokenizer
     build_tokenizer("gpt2", tmp_path)
@@ -221,16 +239,16 @@ def test_gpt2_generation_through_the_few_rows_products_matches_transformers(tmp_
     model, tokenizer = load_pretrained(str(tmp_path))
     batch = tokenizer.encode(["the movie was", "a terrible film with a"], padding_side="left")
     theirs = hf_model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                               max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None)
-    with MatrixProducts() as recorded:
-        ours = generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=12, eos_id=-1)
+                               max_new_tokens=16, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with MatrixProducts() as recorded:  # 16 new tokens: the blocked copies are made (BLOCKED_COPIES_FROM)
+        ours = generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=16, eos_id=-1)
     assert torch.equal(ours, theirs), f"greedy ids differ:\n{ours}\n{theirs}"
-    kernel, rows_last = ("oneDNN", True) if torch.backends.mkldnn.is_available() else ("addmm", False)
-    shapes = {shape if rows_last else shape[::-1] for op, shape in recorded.products if op == kernel}
+    ops = {"oneDNN"} if decoding_form == "oneDNN" else {"addmm", "mm"}  # the LM head has no bias: mm
+    shapes = {shape if decoding_form == "oneDNN" else shape[::-1] for op, shape in recorded.products if op in ops}
     assert {(2, 400), (2, 4 * 384), (2, 384)} <= shapes, \
-        f"decoding steps must multiply the LM head and the layers' weights by the rows with {kernel}, got {shapes}"
+        f"decoding steps must multiply the LM head and the layers' weights by the rows, got {shapes}"
     assert not any(hasattr(p, "decoding_layout") for p in model.parameters())
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # the blocked fp32 copies are not for bf16 rows
+    with torch.autocast("cpu", dtype=torch.bfloat16):
         assert generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=3).shape[1] == \
             batch["input_ids"].shape[1] + 3
 
