@@ -29,6 +29,12 @@ def weights_of(model: Transformer | EncoderDecoder) -> list[torch.Tensor]:
     return projections + [head.weight]
 
 
+def faster_products(model: Transformer | EncoderDecoder, max_new_tokens: int):
+    """The decoding loop's context: on a CPU, faster products of a few rows by each weight (model.decoding_layout);
+    the blocked copies pay for themselves after ~10 steps, so shorter generations go without them."""
+    return decoding_layout(weights_of(model), blocked_copies=max_new_tokens >= BLOCKED_COPIES_FROM)
+
+
 def choose_next(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
                 ) -> torch.Tensor:
     """Greedy (temperature 0) or a sample from softmax(logits / temperature), among the top_k tokens if given."""
@@ -77,8 +83,7 @@ def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.
     cache = [GrowingKeyValue(keys, values, keys.shape[2] + max_new_tokens) for keys, values in cache]
     sequences, finished = input_ids, torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     next_position = positions[:, -1:] + 1
-    # On a CPU, faster products of a few rows by each weight; the blocked copies pay for themselves after ~10 steps.
-    with decoding_layout(weights_of(model), blocked_copies=max_new_tokens >= BLOCKED_COPIES_FROM):
+    with faster_products(model, max_new_tokens):
         for _ in range(max_new_tokens):
             next_token = choose_next(model.lm_logits(hidden[:, -1]), temperature, top_k, generator)
             next_token = torch.where(finished, torch.full_like(next_token, pad_id), next_token)
@@ -117,7 +122,7 @@ def generate_seq2seq(model: EncoderDecoder, input_ids: torch.Tensor | None = Non
     hidden, cache = model.decode(sequences, memory, prefix=decoder_prefix, return_cache=True)
     cache = [GrowingKeyValue(keys, values, keys.shape[2] + max_new_tokens) for keys, values in cache]
     finished = torch.zeros(B, dtype=torch.bool, device=device)
-    with decoding_layout(weights_of(model), blocked_copies=max_new_tokens >= BLOCKED_COPIES_FROM):
+    with faster_products(model, max_new_tokens):
         for _ in range(max_new_tokens):
             next_token = choose_next(model.lm_logits(hidden[:, -1]), temperature, top_k, generator)
             next_token = torch.where(finished, torch.full_like(next_token, pad_id), next_token)

@@ -87,8 +87,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     The sums run in another order, so those results agree with F.linear to float rounding (about 1e-6), not
     bit for bit; outside generation (training, evaluation) every product is F.linear, and keeps its numbers."""
     layout = getattr(weight, "decoding_layout", None)  # (weight's version when laid out, blocked copy or None)
+    if layout is None:  # training, evaluation: nothing more to look at on this hot path
+        return F.linear(x, weight, bias)
     rows = math.prod(x.shape[:-1])
-    if (layout is None or layout[0] != weight._version  # none, or the weight changed since: the copy is stale
+    if (layout[0] != weight._version  # the weight changed since it was laid out: the copy is stale
             or rows > FEW_ROWS or torch.is_grad_enabled() or x.dtype != weight.dtype or x.device.type != "cpu"):
         return F.linear(x, weight, bias)
     flat = x.reshape(rows, -1)  # (rows, in)
