@@ -123,10 +123,12 @@ class PrefixEncoder(nn.Module):
         flat = self.dropout(flat)  # (P, 2*L*H); one dropout mask for the whole batch
         P = flat.shape[0]
         per_layer = flat.view(P, 2 * len(self.layers), self.num_heads, self.head_dim)  # (P, 2L, nh, hd)
-        per_layer = per_layer.permute(1, 2, 0, 3).unsqueeze(1)  # (2L, 1, nh, P, hd)
+        # unbind, not one index per layer: its backward writes the 2L gradients into one tensor at once, where
+        # indexing would fill a zero tensor of the whole prefix's size for each of them and add the 2L up.
+        keys_values = per_layer.permute(1, 2, 0, 3).unsqueeze(1).unbind(0)  # 2L x (1, nh, P, hd)
         prefix: list[KeyValue | None] = [None] * self.num_layers
         for i, layer in enumerate(self.layers):
-            prefix[layer] = (per_layer[2 * i], per_layer[2 * i + 1])  # keys, values: (1, nh, P, hd)
+            prefix[layer] = (keys_values[2 * i], keys_values[2 * i + 1])  # keys, values: (1, nh, P, hd)
         return prefix
 
     @torch.no_grad()

@@ -237,8 +237,9 @@ class Attention(nn.Module):
                 ) -> tuple[torch.Tensor, KeyValue]:
         """x: the real tokens [N, H] (see Padding); returns [N, H] and this layer's (keys, values)."""
         B, T = padding.B, padding.T
-        split = lambda t: padding.pad(t).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        # Re-padded side by side: one pad (and in backward one gather) for the three instead of one each.
+        qkv = padding.pad(torch.cat([self.query(x), self.key(x), self.value(x)], dim=-1))  # (B, T, 3H)
+        q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hd)
         if isinstance(prefix, GrowingKeyValue):  # generation: the new keys and values go into the cache's buffer
             k, v = prefix.append(k, v)
         elif prefix is not None:

@@ -1,8 +1,11 @@
 """P-tuning v2: deep prompts at chosen layers, parity with peft, heads, no graph below the prompts."""
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from data import load_task
 from data.batching import batches
@@ -129,3 +132,30 @@ def test_command_line_rejects_layers_outside_the_model(tiny_checkpoints, tmp_pat
     with pytest.raises(ValueError, match="it has layers 1 to 2"):
         main(["--model", str(tiny_checkpoints["bert"][0]), "--task", "builtin_sentiment", "--prompt-layers", "2-4",
               "--max-steps", "1", "--out", str(tmp_path), "--no-progress"])
+
+
+class OpCounts(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_a_training_step_launches_few_copies(tiny_checkpoints, kind):
+    """On a GPU a step with a small batch is bound by how many kernels the host launches, so: queries, keys and
+    values are re-padded in one copy per layer (not three), and the prefix's gradient is written at once
+    (per-layer indexing would fill and add a zero tensor of the whole prefix's size for every key and value)."""
+    method, tokenizer = build(tiny_checkpoints[kind][0])
+    method.train()
+    batch = encode(tokenizer)
+    assert not batch["attention_mask"].all(), "the sentences differ in length, so the layers re-pad"
+    with OpCounts() as ops:
+        method(batch).sum().backward()
+    layers = method.backbone.config.num_layers
+    assert ops.counts["index_copy"] == layers + 1, "one re-padding per layer and one of the output"
+    assert ops.counts["index_select"] == 2 * layers + 1, "L + 1 unpaddings; in backward one gather per re-padding"
+    assert ops.counts["select_backward"] == 0, "the prefix's gradient is one stack, not a zero-filled tensor per layer"
