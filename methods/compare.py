@@ -59,6 +59,7 @@ def child_command(name: str, seed: int, args: argparse.Namespace) -> list[str]:
     argv += ["--max-steps", str(args.max_steps)] if args.max_steps else []
     argv += ["--eval-every", str(args.eval_every)] if args.eval_every else []
     argv += ["--data-dir", args.data_dir] if args.data_dir else []
+    argv += ["--compile", args.compile] if args.compile else []
     return argv + (["--device", args.device] if args.device else [])
 
 
@@ -181,6 +182,10 @@ def command_line_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/compare", help="output directory")
     parser.add_argument("--resume", action="store_true", help="keep the runs in --out made with these settings, go on "
                         "from an interrupted one, and run the rest (a record made otherwise is run again)")
+    parser.add_argument("--compile", choices=("inductor", "aot_eager"), default=None,
+                        help="torch.compile each method's transformer blocks (fused kernels on a GPU; about a minute "
+                             "of compiling per method first). Under inductor dropout draws other masks, so runs "
+                             "made without it are run again on --resume")
     parser.add_argument("--verbose", action="store_true", help="show each method's own output and progress bar")
     return parser
 

@@ -9,6 +9,8 @@ serves every step.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
+
 import torch
 from torch import nn
 
@@ -29,10 +31,14 @@ def weights_of(model: Transformer | EncoderDecoder) -> list[torch.Tensor]:
     return projections + [head.weight]
 
 
-def faster_products(model: Transformer | EncoderDecoder, max_new_tokens: int):
-    """The decoding loop's context: on a CPU, faster products of a few rows by each weight (model.decoding_layout);
-    the blocked copies pay for themselves after ~10 steps, so shorter generations go without them."""
-    return decoding_layout(weights_of(model), blocked_copies=max_new_tokens >= BLOCKED_COPIES_FROM)
+@contextmanager
+def decoding(model: Transformer | EncoderDecoder, max_new_tokens: int):
+    """The decoding loop's context: on a CPU, faster products of a few rows by each weight (model.decoding_layout;
+    the blocked copies pay for themselves after ~10 steps, so shorter generations go without them); blocks
+    compiled by model.compile_blocks run eagerly, since every step's shapes are new to the compiler."""
+    eager = torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") else nullcontext()
+    with eager, decoding_layout(weights_of(model), blocked_copies=max_new_tokens >= BLOCKED_COPIES_FROM):
+        yield
 
 
 def choose_next(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
@@ -83,7 +89,7 @@ def generate(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.
     cache = [GrowingKeyValue(keys, values, keys.shape[2] + max_new_tokens) for keys, values in cache]
     sequences, finished = input_ids, torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     next_position = positions[:, -1:] + 1
-    with faster_products(model, max_new_tokens):
+    with decoding(model, max_new_tokens):
         for _ in range(max_new_tokens):
             next_token = choose_next(model.lm_logits(hidden[:, -1]), temperature, top_k, generator)
             next_token = torch.where(finished, torch.full_like(next_token, pad_id), next_token)
@@ -122,7 +128,7 @@ def generate_seq2seq(model: EncoderDecoder, input_ids: torch.Tensor | None = Non
     hidden, cache = model.decode(sequences, memory, prefix=decoder_prefix, return_cache=True)
     cache = [GrowingKeyValue(keys, values, keys.shape[2] + max_new_tokens) for keys, values in cache]
     finished = torch.zeros(B, dtype=torch.bool, device=device)
-    with faster_products(model, max_new_tokens):
+    with decoding(model, max_new_tokens):
         for _ in range(max_new_tokens):
             next_token = choose_next(model.lm_logits(hidden[:, -1]), temperature, top_k, generator)
             next_token = torch.where(finished, torch.full_like(next_token, pad_id), next_token)

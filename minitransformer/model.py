@@ -314,6 +314,34 @@ class MaskedLMHead(nn.Module):
         return self.norm(self.activation(self.dense(hidden)))
 
 
+COMPILERS = ("inductor", "aot_eager")
+
+
+def compile_blocks(model: nn.Module, backend: str = "inductor") -> nn.Module:
+    """torch.compile every transformer block of `model` in place (Ansel et al. 2024; "regional compilation").
+
+    inductor fuses each block's small operations (norms, dropout, residual sums, the padding moves) into a few
+    generated kernels: on a GPU a step then launches far fewer kernels, which is what bounds it at the course's
+    batch sizes (README, "Speed on a GPU"). Compiling the blocks rather than the whole model means one compilation
+    that every layer reuses (PyTorch >= 2.5), and dynamic=True compiles for any number of real tokens (Padding),
+    which changes with every batch. aot_eager runs the traced graphs without generating code: it checks that the
+    model compiles, in seconds. Parameter names and state dicts do not change; generation stays eager
+    (generate.decoding), since its shapes change at every step. Dropout under inductor draws its masks with
+    its own generator: seeded, so a seed still gives the same numbers, but not eager's numbers."""
+    from .seq2seq import Block as Seq2SeqBlock  # seq2seq builds on this module
+    if backend not in COMPILERS:
+        raise ValueError(f"Unknown compiler backend {backend!r}; choose one of {', '.join(COMPILERS)}.")
+    # Every variant of a block (encoder or decoder, training or evaluation, with or without a prefix, padded or
+    # not) is one more compiled entry of the same code; past the default limit of 8, PyTorch falls back to eager.
+    import torch._dynamo
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))
+    for module in model.modules():
+        if isinstance(module, (Block, Seq2SeqBlock)):
+            module.compile(backend=backend, dynamic=True)
+    return model
+
+
 class Transformer(nn.Module):
     """BERT, RoBERTa or GPT-2, chosen by `config.model_type`.
 

@@ -36,6 +36,15 @@ def test_the_gpu_benchmark_runs_at_tiny_shapes_on_cpu(minilm_dir, tmp_path):
     assert gpu.main(["--table", str(tmp_path / "r.json")])["training"] == report["training"]
 
 
+
+def test_the_gpu_benchmark_can_compile_our_blocks(minilm_dir):
+    pytest.importorskip("peft")
+    import gpu
+    report = gpu.main(["--device", "cpu", "--shapes", "tiny-bert", "--methods", "p_tuning_v2", "--steps", "1",
+                       "--warmup", "1", "--compile", "aot_eager"])
+    assert report["compile"] == "aot_eager" and [row["ours_compiled"] for row in report["training"]] == ["aot_eager"]
+    assert report["training"][0]["ours_tokens_per_s"] > 0
+
 def test_the_small_matmul_benchmark_times_both_forms(tmp_path):
     import small_matmul
     report = small_matmul.main(["--hidden", "128", "--layers", "1", "--rows", "8,64", "--repeats", "1",

@@ -96,3 +96,12 @@ def test_table_reports_failures_and_spread():
     assert "| a | 85.0 ± 5.0 | 10 |" in table
     assert "| b | failed: ValueError: boom" in table
     assert list(METHODS)[0] == "head_only" and list(METHODS)[-1] == "full_fine_tuning"
+
+
+def test_compile_is_passed_to_each_method_and_is_part_of_its_record_key():
+    from methods.compare import child_command, command_line_parser
+    args = command_line_parser().parse_args(["--task", "builtin_sentiment", "--epochs", "1", "--compile", "inductor"])
+    command = child_command("p_tuning_v2", 0, args)
+    assert command[command.index("--compile") + 1] == "inductor"
+    plain = command_line_parser().parse_args(["--task", "builtin_sentiment", "--epochs", "1"])
+    assert "--compile" not in child_command("p_tuning_v2", 0, plain), "without it the records keep their keys"

@@ -6,14 +6,15 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch._dynamo.utils import counters
 
 from data import batches, load_task
-from methods import fine_tuning
+from methods import fine_tuning, p_tuning_v2
 from methods.p_tuning_v2 import PTuningV2, PTuningV2Config
 from methods.prefix_tuning import PrefixTuning, PrefixTuningConfig
 from methods.prompt_tuning import PromptTuning, PromptTuningConfig
 from methods.shared.training import TrainConfig, task_loss, train, trainable_parameters
-from minitransformer import load_pretrained
+from minitransformer import compile_blocks, generate, load_pretrained
 
 BUILD = {
     "prompt_tuning": lambda b, t: PromptTuning(b, t, 2, PromptTuningConfig(4, init="random", head="classifier")),
@@ -88,3 +89,64 @@ def test_the_optimizer_state_stays_fp32(precision, tiny_checkpoints):
         torch.optim.AdamW.step = original
     assert result.outcome == "finished" and all(p.dtype == torch.float32 for p in trainable_parameters(method))
     assert set(seen["state"]) == {torch.float32}, seen["state"]
+
+
+def test_compiled_blocks_give_the_same_numbers_and_share_one_compilation(minilm_dir):
+    """compile_blocks with aot_eager (the traced graphs, no generated code: seconds, and eager's numbers bit for bit,
+    dropout included): a depth ablation (a prompt in layer 2 of 6 only) with gradient checkpointing, so the
+    layers' variants (no prompt, no gradient below, the checkpoint's recomputation) all go through the compiler."""
+    torch._dynamo.reset()
+    examples = load_task("builtin_sentiment").splits["train"][:16]
+    results = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        backbone, tokenizer = load_pretrained(str(minilm_dir))
+        backbone.gradient_checkpointing = compiled
+        if compiled:
+            compile_blocks(backbone, "aot_eager")
+        method = BUILD["p_tuning_v2"](backbone, tokenizer).train()
+        batch = next(batches(examples, tokenizer, 16, max_length=32))
+        torch.manual_seed(1)
+        counters.clear()
+        loss = task_loss(method(batch), batch["labels"])
+        loss.backward()
+        graphs = counters["stats"]["unique_graphs"]
+        results[compiled] = (loss.item(), [p.grad.clone() for p in trainable_parameters(method)], graphs)
+    (loss_eager, grads_eager, _), (loss_compiled, grads_compiled, graphs) = results[False], results[True]
+    assert loss_compiled == loss_eager
+    for eager, compiled in zip(grads_eager, grads_compiled):
+        assert torch.equal(eager, compiled), "aot_eager runs eager's operators: the same gradients"
+    assert 0 < graphs < backbone.config.num_layers, f"{graphs} compilations for 6 layers: the layers must share them"
+    with pytest.raises(ValueError, match="inductor, aot_eager"):
+        compile_blocks(backbone, "tvm")
+
+
+def test_generation_runs_compiled_blocks_eagerly(tiny_checkpoints):
+    """Every decoding step has a new length: the compiler must not see them (generate.decoding)."""
+    torch._dynamo.reset()
+    model, _ = load_pretrained(str(tiny_checkpoints["gpt2"][0]))
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    expected = generate(model.eval(), ids, max_new_tokens=6)
+    compile_blocks(model, "aot_eager")
+    counters.clear()
+    with torch.no_grad():  # what generate does first: read the prompt, through the compiled blocks
+        model(ids, attention_mask=torch.ones_like(ids), return_cache=True)
+    assert counters["stats"]["unique_graphs"] > 0
+    counters.clear()
+    assert torch.equal(generate(model, ids, max_new_tokens=6), expected)
+    assert counters["stats"]["unique_graphs"] == 0, "the prompt's pass is compiled already; no decoding step may be"
+
+
+def test_the_compile_option_reaches_the_blocks_and_keeps_the_run(tiny_checkpoints, tmp_path):
+    torch._dynamo.reset()
+    records = {}
+    for backend in (None, "aot_eager"):
+        argv = ["--model", str(tiny_checkpoints["gpt2"][0]), "--task", "builtin_sentiment", "--max-steps", "3",
+                "--eval-every", "1", "--batch-size", "8", "--max-length", "24", "--limit-dev", "16", "--skip-test",
+                "--no-progress", "--out", str(tmp_path / str(backend))] + (["--compile", backend] if backend else [])
+        counters.clear()
+        records[backend] = p_tuning_v2.main(argv)
+        records[backend].graphs = counters["stats"]["unique_graphs"]
+    eager, compiled = records[None], records["aot_eager"]
+    assert compiled.options["compile"] == "aot_eager" and compiled.graphs > 0 and eager.graphs == 0
+    assert [(h["loss"], h["dev_metric"]) for h in compiled.history] == [(h["loss"], h["dev_metric"]) for h in eager.history]

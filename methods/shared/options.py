@@ -170,6 +170,10 @@ class RunOptions:
                             choices=("auto", "fp32", "bf16", "fp16"))
     gradient_checkpointing: bool = option(False, "keep only each layer's input for backward and recompute the rest "
                                           "(less activation memory, about a third more compute; same numbers)")
+    compile: str | None = option(None, "torch.compile each transformer block with this backend: inductor (fused "
+                                 "kernels, far fewer launches per step on a GPU; the first steps wait about a minute "
+                                 "for the compiler) or aot_eager (no code generated: checks that the model compiles)",
+                                 choices=("inductor", "aot_eager"))
     resume: bool = option(False, "go on from the run interrupted in --out, or skip it if it finished with these "
                           "settings; a run there with other settings is refused")
     command: list[str] | None = option(None, "the command-line words that asked for the run", cli=False)

@@ -33,7 +33,7 @@ from torch import nn
 from data import Task, load_task
 from data.batching import batches, causal_lm_batches, seq2seq_batches
 from data.metrics import corpus_bleu
-from minitransformer import Tokenizer, Transformer, load_pretrained
+from minitransformer import Tokenizer, Transformer, compile_blocks, load_pretrained
 
 from methods import registry
 from methods.shared import distributed
@@ -95,6 +95,8 @@ def load_backbone(options: RunOptions) -> Loaded:
     device = get_device(distributed.setup(options.device))  # under torchrun: join the others, this rank's GPU
     backbone, tokenizer = load_pretrained(options.model, device=device)
     backbone.gradient_checkpointing = options.gradient_checkpointing
+    if options.compile:
+        compile_blocks(backbone, options.compile)
     return Loaded(backbone, tokenizer, device, torch.get_rng_state())
 
 
