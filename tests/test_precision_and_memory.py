@@ -35,27 +35,34 @@ def saved_bytes(step) -> int:
     return total[0]
 
 
+def minilm_step(minilm_dir, name: str, checkpointing: bool = False, compiler: str | None = None) -> dict:
+    """One training step of method `name` on MiniLM, dropout on (seed 0 builds, seed 1 runs): its loss, the
+    trainable parameters' gradients, the bytes autograd kept, and the graphs the compiler made."""
+    torch.manual_seed(0)
+    backbone, tokenizer = load_pretrained(str(minilm_dir))
+    backbone.gradient_checkpointing = checkpointing
+    if compiler:
+        compile_blocks(backbone, compiler)
+    method = BUILD[name](backbone, tokenizer).train()
+    batch = next(batches(load_task("builtin_sentiment").splits["train"][:16], tokenizer, 16, max_length=32))
+    torch.manual_seed(1)
+    counters.clear()
+    loss = {}
+    memory = saved_bytes(lambda: loss.setdefault("value", task_loss(method(batch), batch["labels"])).backward())
+    return {"loss": loss["value"].item(), "grads": [p.grad.clone() for p in trainable_parameters(method)],
+            "memory": memory, "graphs": counters["stats"]["unique_graphs"], "layers": backbone.config.num_layers}
+
+
 @pytest.mark.parametrize("name", list(BUILD))
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients_with_less_memory(name, minilm_dir):
     """Dropout on: the recomputed forward replays the random state, so even its masks are the same."""
-    examples = load_task("builtin_sentiment").splits["train"][:16]
-    results = {}
-    for checkpointing in (False, True):
-        torch.manual_seed(0)
-        backbone, tokenizer = load_pretrained(str(minilm_dir))
-        backbone.gradient_checkpointing = checkpointing
-        method = BUILD[name](backbone, tokenizer).train()
-        batch = next(batches(examples, tokenizer, 16, max_length=32))
-        torch.manual_seed(1)
-        loss = {}
-        memory = saved_bytes(lambda: loss.setdefault("value", task_loss(method(batch), batch["labels"])).backward())
-        grads = [p.grad.clone() for p in trainable_parameters(method)]
-        results[checkpointing] = (loss["value"].item(), grads, memory)
-    (loss_plain, grads_plain, memory_plain), (loss_cp, grads_cp, memory_cp) = results[False], results[True]
-    assert loss_cp == pytest.approx(loss_plain, rel=1e-5)
-    for plain, cp in zip(grads_plain, grads_cp):
-        torch.testing.assert_close(cp, plain, rtol=1e-5, atol=1e-5, msg=f"{name}: gradients differ with checkpointing")
-    assert memory_cp < 0.6 * memory_plain, f"{name}: {memory_cp:,} bytes kept with checkpointing, {memory_plain:,} without"
+    plain, cp = minilm_step(minilm_dir, name), minilm_step(minilm_dir, name, checkpointing=True)
+    assert cp["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+    for grad_plain, grad_cp in zip(plain["grads"], cp["grads"]):
+        torch.testing.assert_close(grad_cp, grad_plain, rtol=1e-5, atol=1e-5,
+                                   msg=f"{name}: gradients differ with checkpointing")
+    assert cp["memory"] < 0.6 * plain["memory"], \
+        f"{name}: {cp['memory']:,} bytes kept with checkpointing, {plain['memory']:,} without"
 
 
 def test_bf16_on_cpu_trains_and_keeps_fp32_parameters(minilm_dir, tmp_path):
@@ -96,27 +103,15 @@ def test_compiled_blocks_give_the_same_numbers_and_share_one_compilation(minilm_
     dropout included): a depth ablation (a prompt in layer 2 of 6 only) with gradient checkpointing, so the
     layers' variants (no prompt, no gradient below, the checkpoint's recomputation) all go through the compiler."""
     torch._dynamo.reset()
-    examples = load_task("builtin_sentiment").splits["train"][:16]
-    results = {}
-    for compiled in (False, True):
-        torch.manual_seed(0)
-        backbone, tokenizer = load_pretrained(str(minilm_dir))
-        backbone.gradient_checkpointing = compiled
-        if compiled:
-            compile_blocks(backbone, "aot_eager")
-        method = BUILD["p_tuning_v2"](backbone, tokenizer).train()
-        batch = next(batches(examples, tokenizer, 16, max_length=32))
-        torch.manual_seed(1)
-        counters.clear()
-        loss = task_loss(method(batch), batch["labels"])
-        loss.backward()
-        graphs = counters["stats"]["unique_graphs"]
-        results[compiled] = (loss.item(), [p.grad.clone() for p in trainable_parameters(method)], graphs)
-    (loss_eager, grads_eager, _), (loss_compiled, grads_compiled, graphs) = results[False], results[True]
-    assert loss_compiled == loss_eager
-    for eager, compiled in zip(grads_eager, grads_compiled):
-        assert torch.equal(eager, compiled), "aot_eager runs eager's operators: the same gradients"
-    assert 0 < graphs < backbone.config.num_layers, f"{graphs} compilations for 6 layers: the layers must share them"
+    eager = minilm_step(minilm_dir, "p_tuning_v2", checkpointing=True)
+    compiled = minilm_step(minilm_dir, "p_tuning_v2", checkpointing=True, compiler="aot_eager")
+    assert compiled["loss"] == eager["loss"]
+    for grad_eager, grad_compiled in zip(eager["grads"], compiled["grads"]):
+        assert torch.equal(grad_eager, grad_compiled), "aot_eager runs eager's operators: the same gradients"
+    assert eager["graphs"] == 0
+    assert 0 < compiled["graphs"] < compiled["layers"], \
+        f"{compiled['graphs']} compilations for {compiled['layers']} layers: the layers must share them"
+    backbone, _ = load_pretrained(str(minilm_dir))
     with pytest.raises(ValueError, match="inductor, aot_eager"):
         compile_blocks(backbone, "tvm")
 
