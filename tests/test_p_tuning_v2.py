@@ -159,3 +159,32 @@ def test_a_training_step_launches_few_copies(tiny_checkpoints, kind):
     assert ops.counts["index_copy"] == layers + 1, "one re-padding per layer and one of the output"
     assert ops.counts["index_select"] == 2 * layers + 1, "L + 1 unpaddings; in backward one gather per re-padding"
     assert ops.counts["select_backward"] == 0, "the prefix's gradient is one stack, not a zero-filled tensor per layer"
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_training_projects_queries_keys_values_in_one_product(tiny_checkpoints, kind, monkeypatch):
+    """Attention.queries_keys_values: with gradients on, one product with the three weights stacked (fewer kernels
+    forward and backward); the loss as with three products bit for bit, the gradients to rounding."""
+    from minitransformer.model import Attention
+    results = {}
+    for separate in (False, True):
+        if separate:  # the form evaluation and LoRA take
+            monkeypatch.setattr(Attention, "queries_keys_values",
+                                lambda self, x: torch.cat([self.query(x), self.key(x), self.value(x)], dim=-1))
+        method, tokenizer = build(tiny_checkpoints[kind][0])
+        method.train()
+        batch = encode(tokenizer)
+        torch.manual_seed(1)
+        with OpCounts() as ops:
+            loss = method(batch).logsumexp(-1).sum()
+            loss.backward()
+        grads = [p.grad for p in method.parameters() if p.requires_grad]
+        results[separate] = (loss.item(), grads, ops.counts["addmm"] + ops.counts["mm"])
+    (loss_fused, grads_fused, products_fused), (loss_separate, grads_separate, products_separate) = results.values()
+    assert loss_fused == loss_separate
+    for fused, separate in zip(grads_fused, grads_separate):
+        torch.testing.assert_close(fused, separate, rtol=1e-6, atol=1e-7)
+    layers = method.backbone.config.num_layers
+    # Two products fewer per layer forward, and two backward wherever the layer's input needs a gradient (all but
+    # the first: the embeddings are frozen).
+    assert products_separate - products_fused == 2 * layers + 2 * (layers - 1)
