@@ -4,13 +4,17 @@ arithmetic is negligible and a step's time is what the host spends issuing opera
 On a GPU at the course's batch sizes a step waits for the host to launch thousands of small kernels (README,
 "Speed on a GPU"): the fewer operators a step issues, and the cheaper each, the faster it is, whatever their
 size. This script puts both sides in that regime on any machine: GPT-2 medium's depth (24 layers) at a width of
-16, two SST-2 sentences a step, bf16 autocast as on a GPU, and our CPU-only branches off (the CPU's own dropout
-and attention forms), so that both sides issue what they would issue on a GPU. Per method:
+16, two SST-2 sentences a step (the built-in sentences without a data directory; the report says which), bf16
+autocast, and our CPU-only forms off (our own dropout and attention forms for CPUs). Per method, for one forward
+and backward (the optimizer's step is left out: on a GPU it is one fused kernel on both sides):
 
-- operators per step that launch a kernel: a dispatch mode counts every operator of one forward and backward,
-  views and allocations left out (attention is its math operators on a CPU, one fused kernel on a GPU, on both
-  sides alike);
-- the step's time, ours and theirs in turns on the same batches, the medians and their ratio (ours / theirs).
+- operators that launch a kernel: a dispatch mode counts every operator, views and allocations left out;
+- the time, ours and theirs in turns on the same batches, the medians and their ratio (ours / theirs).
+
+A stand-in, not a GPU: on a CPU attention runs as its math operators (about 40 a layer, forward and backward)
+and dropout as three, where a GPU runs one fused kernel each, on both sides alike, so the ratios here are
+pulled toward 1; CPU autocast casts fewer operations to fp32 than CUDA's. Read a change's direction here, and
+its size on a GPU (benchmarks/gpu.sh).
 
     python benchmarks/host_bound.py --out benchmarks/results_host_bound.json
 """
@@ -32,7 +36,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).parent))
 
 import gpu  # noqa: E402
-from train_step import alternate, make_step  # noqa: E402
+from data import load_task  # noqa: E402
+from train_step import alternate  # noqa: E402
 
 SHAPE = "narrow-gpt2-medium"
 NO_KERNEL = {"empty", "empty_strided", "empty_like", "detach", "lift_fresh", "_unsafe_view", "alias"}
@@ -61,11 +66,17 @@ def as_on_a_gpu(model: torch.nn.Module) -> torch.nn.Module:
 
 def kernels_per_step(model: torch.nn.Module, batch: dict) -> Counter[str]:
     with KernelCount() as count:
+        forward_and_backward(model)(batch)
+    return count.counts
+
+
+def forward_and_backward(model: torch.nn.Module):
+    def step(batch: dict) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = gpu.task_loss(model(batch), batch["labels"])
         loss.backward()
-    model.zero_grad(set_to_none=True)
-    return count.counts
+        model.zero_grad(set_to_none=True)
+    return step
 
 
 def measure(name: str, directory: Path, steps: int, warmup: int, batch_size: int) -> dict:
@@ -77,8 +88,7 @@ def measure(name: str, directory: Path, steps: int, warmup: int, batch_size: int
     theirs = gpu.build_theirs(name, directory, device)
     data = gpu.sst2_batches(tokenizer, steps + warmup, device, True, batch_size)
     ours_kernels, theirs_kernels = kernels_per_step(ours, data[0]), kernels_per_step(theirs, data[0])
-    step = lambda model: make_step(model, lambda batch: gpu.task_loss(model(batch), batch["labels"]), device, True)
-    ours_times, theirs_times = alternate(step(ours), step(theirs), data, warmup)
+    ours_times, theirs_times = alternate(forward_and_backward(ours), forward_and_backward(theirs), data, warmup)
     ours_s, theirs_s = statistics.median(ours_times), statistics.median(theirs_times)
     return {"method": name, "ours_kernels_per_step": sum(ours_kernels.values()),
             "theirs_kernels_per_step": sum(theirs_kernels.values()),
@@ -103,11 +113,32 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [name for name in names if name not in gpu.METHODS]
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(gpu.METHODS)}")
-    torch.set_num_threads(args.threads)
     report = {"shape": SHAPE, "hidden_layers_heads": gpu.SHAPES[SHAPE][1], "batch_size": args.batch_size,
-              "precision": "bf16 autocast", "torch": torch.__version__, "threads": args.threads,
+              "data": data_name(), "precision": "bf16 autocast", "measured": "forward and backward",
+              "torch": torch.__version__, "threads": args.threads,
               "machine": f"{platform.machine()} {platform.processor()}".strip(), "date": time.strftime("%Y-%m-%d"),
               "methods": []}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        measure_all(report, names, args)
+    finally:  # a caller (the tests) keeps its threads
+        torch.set_num_threads(threads)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def data_name() -> str:
+    """What gpu.sst2_batches reads: SST-2 from the data directory, else the built-in sentences."""
+    try:
+        load_task("sst2")
+        return "sst2"
+    except Exception:
+        return "builtin_sentiment"
+
+
+def measure_all(report: dict, names: list[str], args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = args.gpt2_tokenizer or gpu.gpt2_tokenizer_files(Path(scratch))
         directory = gpu.checkpoint(SHAPE, Path(scratch), {"gpt2": tokenizer})
@@ -117,9 +148,6 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{name:>17}: {row['ours_kernels_per_step']:5d} vs {row['theirs_kernels_per_step']:5d} kernels a "
                   f"step, {1e3 * row['ours_step_s']:.1f} vs {1e3 * row['theirs_step_s']:.1f} ms, "
                   f"time ours/theirs {row['step_time_ratio']:.2f}", flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    return report
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def decoding_layout(weights: list[torch.Tensor], blocked_copies: bool = True):
     goes back to F.linear. The ops are PyTorch's internal ones (torch.ops.mkldnn); without copies, or where
     the ops are missing (a build without oneDNN), the (W @ x.T).T form serves. Under autocast nothing changes
     (its rows would not be fp32)."""
-    if is_autocast_on_cpu():
+    if is_autocast_on("cpu"):
         yield
         return
     weights = [w for w in {id(w): w for w in weights}.values()  # each once: a tied weight may come twice
@@ -134,11 +134,11 @@ def decoding_layout(weights: list[torch.Tensor], blocked_copies: bool = True):
                 del weight.decoding_layout
 
 
-def is_autocast_on_cpu() -> bool:
+def is_autocast_on(device_type: str) -> bool:
     try:
-        return torch.is_autocast_enabled("cpu")
+        return torch.is_autocast_enabled(device_type)
     except TypeError:  # torch < 2.4 takes no device
-        return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
 class Linear(nn.Linear):
@@ -260,13 +260,20 @@ class Attention(nn.Module):
         return self.output(y), (k, v)
 
     def queries_keys_values(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, H] -> [N, 3H]. While gradients are on, three plain projections are one product with their weights
-        stacked (as GPT-2's own c_attn): a third of the kernels to launch, forward and backward (a GPU step at the
-        course's batch sizes waits on launching them; README, "Speed on a GPU"). The same outputs (bit for bit on
-        CPU); the gradient of x sums the three in one product, so it may differ in the last bits. Without gradients
-        (evaluation, generation's faster products) and when a method wraps one of them (LoRA), one product each."""
+        """[N, H] -> [N, 3H]: the three projections side by side.
+
+        Training in mixed precision, one product with the three weights stacked (as GPT-2's own c_attn): forward,
+        one product, two stacks and one cast of each instead of three products and three casts of each weight
+        and bias; backward, one product for the input's gradient instead of three and their sum. A GPU step at
+        the course's batch sizes waits on launching kernels (README, "Speed on a GPU"), so fewer is faster. The
+        outputs are the same; the input's gradient sums the three in one bf16 product instead of three, so it
+        moves by bf16's rounding. In fp32 the stack would be one more copy of the weights kept for backward (under
+        autocast their casts are kept either way), so fp32 keeps three products and its numbers; so do
+        evaluation and generation (no gradients), projections a method wraps (LoRA), and hooked ones."""
         projections = (self.query, self.key, self.value)
-        if torch.is_grad_enabled() and all(type(p) is Linear and p.bias is not None for p in projections):
+        if (torch.is_grad_enabled() and is_autocast_on(x.device.type)
+                and all(type(p) is Linear and p.bias is not None and not p._forward_hooks
+                        and not p._forward_pre_hooks for p in projections)):
             return F.linear(x, torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections]))
         return torch.cat([p(x) for p in projections], dim=-1)
 

