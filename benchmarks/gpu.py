@@ -46,6 +46,7 @@ from methods.prefix_tuning import PrefixTuningConfig  # noqa: E402
 from methods.prompt_tuning import PromptTuningConfig  # noqa: E402
 from methods.shared.training import task_loss  # noqa: E402
 from minitransformer import compile_blocks, generate, load_pretrained  # noqa: E402
+from minitransformer.model import COMPILERS  # noqa: E402
 from train_step import alternate, make_step  # noqa: E402
 
 VIRTUAL_TOKENS = 20
@@ -104,11 +105,16 @@ def checkpoint(shape: str, root: Path, tokenizers: dict[str, Path]) -> Path:
     return directory
 
 
-def sst2_batches(tokenizer, count: int, device, is_decoder: bool, batch_size: int = 32) -> list[dict]:
+def training_sentences() -> tuple[str, list]:
+    """SST-2's training sentences and its name; without a data directory the built-in ones (shorter than SST-2's)."""
     try:
-        examples = load_task("sst2").splits["train"]
-    except Exception:  # no data directory: the built-in sentences (shorter than SST-2's)
-        examples = load_task("builtin_sentiment").splits["train"]
+        return "sst2", load_task("sst2").splits["train"]
+    except Exception:
+        return "builtin_sentiment", load_task("builtin_sentiment").splits["train"]
+
+
+def sst2_batches(tokenizer, count: int, device, is_decoder: bool, batch_size: int = 32) -> list[dict]:
+    _, examples = training_sentences()
     out = []
     for batch in batches(examples, tokenizer, batch_size, shuffle=True, seed=0, max_length=64):
         if is_decoder:
@@ -340,7 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", action="store_true",
                         help="also profile our step at each method's largest batch: busy fraction of the GPU (or CPU), "
                              "kernels launched per step, the costliest kernels")
-    parser.add_argument("--compile", choices=("inductor", "aot_eager"), default=None,
+    parser.add_argument("--compile", choices=COMPILERS, default=None,
                         help="torch.compile our blocks with this backend (minitransformer.compile_blocks); their "
                              "model stays eager. Compiling takes about a minute per method on the warm-up steps")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per side")

@@ -36,7 +36,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).parent))
 
 import gpu  # noqa: E402
-from data import load_task  # noqa: E402
 from train_step import alternate  # noqa: E402
 
 SHAPE = "narrow-gpt2-medium"
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(gpu.METHODS)}")
     report = {"shape": SHAPE, "hidden_layers_heads": gpu.SHAPES[SHAPE][1], "batch_size": args.batch_size,
-              "data": data_name(), "precision": "bf16 autocast", "measured": "forward and backward",
+              "data": gpu.training_sentences()[0], "precision": "bf16 autocast", "measured": "forward and backward",
               "torch": torch.__version__, "threads": args.threads,
               "machine": f"{platform.machine()} {platform.processor()}".strip(), "date": time.strftime("%Y-%m-%d"),
               "methods": []}
@@ -127,15 +126,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     return report
-
-
-def data_name() -> str:
-    """What gpu.sst2_batches reads: SST-2 from the data directory, else the built-in sentences."""
-    try:
-        load_task("sst2")
-        return "sst2"
-    except Exception:
-        return "builtin_sentiment"
 
 
 def measure_all(report: dict, names: list[str], args: argparse.Namespace) -> None:

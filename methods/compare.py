@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from data import DataNotFoundError, load_task
+from minitransformer.model import COMPILERS
 from methods.lineup import METHODS, lineup_for
 from methods.shared.files import atomic_path, write_json
 from methods.shared.options import DEFAULT_MODEL, positive_int
@@ -182,7 +183,7 @@ def command_line_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/compare", help="output directory")
     parser.add_argument("--resume", action="store_true", help="keep the runs in --out made with these settings, go on "
                         "from an interrupted one, and run the rest (a record made otherwise is run again)")
-    parser.add_argument("--compile", choices=("inductor", "aot_eager"), default=None,
+    parser.add_argument("--compile", choices=COMPILERS, default=None,
                         help="torch.compile each method's transformer blocks (fused kernels on a GPU; about a minute "
                              "of compiling per method first). Under inductor dropout draws other masks, so runs "
                              "made without it are run again on --resume")

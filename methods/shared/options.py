@@ -22,6 +22,8 @@ import types
 import typing
 from typing import Any, Callable
 
+from minitransformer.model import COMPILERS
+
 
 def positive_int(text: str) -> int:
     value = int(text)
@@ -173,7 +175,7 @@ class RunOptions:
     compile: str | None = option(None, "torch.compile each transformer block with this backend: inductor (fused "
                                  "kernels, far fewer launches per step on a GPU; the first steps wait about a minute "
                                  "for the compiler) or aot_eager (no code generated: checks that the model compiles)",
-                                 choices=("inductor", "aot_eager"))
+                                 choices=COMPILERS)
     resume: bool = option(False, "go on from the run interrupted in --out, or skip it if it finished with these "
                           "settings; a run there with other settings is refused")
     command: list[str] | None = option(None, "the command-line words that asked for the run", cli=False)
