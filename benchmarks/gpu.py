@@ -46,7 +46,7 @@ from methods.prefix_tuning import PrefixTuningConfig  # noqa: E402
 from methods.prompt_tuning import PromptTuningConfig  # noqa: E402
 from methods.shared.training import task_loss  # noqa: E402
 from minitransformer import compile_blocks, generate, load_pretrained  # noqa: E402
-from minitransformer.model import COMPILERS  # noqa: E402
+from minitransformer.model import COMPILERS, cast_frozen_weights_once  # noqa: E402
 from train_step import alternate, make_step  # noqa: E402
 
 VIRTUAL_TOKENS = 20
@@ -217,45 +217,49 @@ def time_training(shape: str, name: str, directory: Path, device, steps: int, wa
     peak = next((v for k, v in BF16_PEAK.items() if device.type == "cuda" and k in torch.cuda.get_device_name(device)),
                 None)
     rows = []
-    for batch_size in batch_sizes + tuple(b for b in ours_alone if b not in batch_sizes):
-        alone = batch_size not in batch_sizes
-        if alone and theirs is not None:  # free their model's memory for our larger batches
-            del theirs, steps_of["theirs"]
-            theirs = None
-            if device.type == "cuda":
+    bf16 = torch.bfloat16 if precision == "bf16" else None
+    with cast_frozen_weights_once(ours, bf16):  # as the training loop does (methods/shared/training.train)
+        for batch_size in batch_sizes + tuple(b for b in ours_alone if b not in batch_sizes):
+            alone = batch_size not in batch_sizes
+            if alone and theirs is not None:  # free their model's memory for our larger batches
+                del theirs, steps_of["theirs"]
+                theirs = None
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            data = sst2_batches(tokenizer, steps + warmup, device, ours.backbone.config.is_decoder, batch_size)
+            try:
+                ours_times, theirs_times = alternate(steps_of["ours"], steps_of.get("theirs"), data, warmup)
+            except torch.cuda.OutOfMemoryError:
+                if not alone:
+                    raise
+                print(f"{shape:>12} {name:>17} batch {batch_size:4d}: out of GPU memory (ours alone), skipped",
+                      flush=True)
+                del data
                 torch.cuda.empty_cache()
-        data = sst2_batches(tokenizer, steps + warmup, device, ours.backbone.config.is_decoder, batch_size)
-        try:
-            ours_times, theirs_times = alternate(steps_of["ours"], steps_of.get("theirs"), data, warmup)
-        except torch.cuda.OutOfMemoryError:
-            if not alone:
-                raise
-            print(f"{shape:>12} {name:>17} batch {batch_size:4d}: out of GPU memory (ours alone), skipped", flush=True)
-            del data
-            torch.cuda.empty_cache()
-            continue
-        tokens = statistics.mean(int(b["attention_mask"].sum()) for b in data[warmup:])
-        ours_s = statistics.median(ours_times)
-        theirs_s = statistics.median(theirs_times) if theirs_times else None  # None: ours alone
-        compared = theirs_s is not None
-        row = {"shape": shape, "method": name, "batch_size": batch_size, "backbone_params": n, "ours_alone": alone,
-               "ours_compiled": compile_backend,
-               "ours_step_s": ours_s, "theirs_step_s": theirs_s,
-               "step_time_ratio": ours_s / theirs_s if compared else None,
-               "ours_tokens_per_s": tokens / ours_s, "theirs_tokens_per_s": tokens / theirs_s if compared else None,
-               "tokens_per_batch": tokens, "padded_tokens_per_batch": statistics.mean(
-                   b["attention_mask"].numel() for b in data[warmup:]), "steps_timed": len(ours_times),
-               "ours_flops_per_s": flops_per_token * tokens / ours_s,
-               "ours_step_memory_mb": peak_step_memory_mb(steps_of["ours"], data[0], device),
-               "theirs_step_memory_mb": peak_step_memory_mb(steps_of["theirs"], data[0], device) if compared else None}
-        row["fraction_of_bf16_peak"] = row["ours_flops_per_s"] / peak if peak and precision == "bf16" else None
-        row["theirs_fraction_of_bf16_peak"] = (flops_per_token * tokens / theirs_s / peak
-                                               if peak and precision == "bf16" and compared else None)
-        rows.append(row)
-    if profile and rows:  # our step at the largest batch that ran
-        largest = max(rows, key=lambda row: row["batch_size"])
-        batch = sst2_batches(tokenizer, 1, device, ours.backbone.config.is_decoder, largest["batch_size"])[0]
-        largest["ours_profile"] = profile_step(steps_of["ours"], batch, device)
+                continue
+            tokens = statistics.mean(int(b["attention_mask"].sum()) for b in data[warmup:])
+            ours_s = statistics.median(ours_times)
+            theirs_s = statistics.median(theirs_times) if theirs_times else None  # None: ours alone
+            compared = theirs_s is not None
+            row = {"shape": shape, "method": name, "batch_size": batch_size, "backbone_params": n, "ours_alone": alone,
+                   "ours_compiled": compile_backend,
+                   "ours_step_s": ours_s, "theirs_step_s": theirs_s,
+                   "step_time_ratio": ours_s / theirs_s if compared else None,
+                   "ours_tokens_per_s": tokens / ours_s, "theirs_tokens_per_s": tokens / theirs_s if compared else None,
+                   "tokens_per_batch": tokens, "padded_tokens_per_batch": statistics.mean(
+                       b["attention_mask"].numel() for b in data[warmup:]), "steps_timed": len(ours_times),
+                   "ours_flops_per_s": flops_per_token * tokens / ours_s,
+                   "ours_step_memory_mb": peak_step_memory_mb(steps_of["ours"], data[0], device),
+                   "theirs_step_memory_mb": peak_step_memory_mb(steps_of["theirs"], data[0], device) if compared
+                   else None}
+            row["fraction_of_bf16_peak"] = row["ours_flops_per_s"] / peak if peak and precision == "bf16" else None
+            row["theirs_fraction_of_bf16_peak"] = (flops_per_token * tokens / theirs_s / peak
+                                                   if peak and precision == "bf16" and compared else None)
+            rows.append(row)
+        if profile and rows:  # our step at the largest batch that ran
+            largest = max(rows, key=lambda row: row["batch_size"])
+            batch = sst2_batches(tokenizer, 1, device, ours.backbone.config.is_decoder, largest["batch_size"])[0]
+            largest["ours_profile"] = profile_step(steps_of["ours"], batch, device)
     del ours, theirs, steps_of
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import gpu  # noqa: E402
 from train_step import alternate  # noqa: E402
+from minitransformer.model import cast_frozen_weights_once  # noqa: E402
 
 SHAPE = "narrow-gpt2-medium"
 NO_KERNEL = {"empty", "empty_strided", "empty_like", "detach", "lift_fresh", "_unsafe_view", "alias"}
@@ -86,8 +87,9 @@ def measure(name: str, directory: Path, steps: int, warmup: int, batch_size: int
     torch.manual_seed(0)
     theirs = gpu.build_theirs(name, directory, device)
     data = gpu.sst2_batches(tokenizer, steps + warmup, device, True, batch_size)
-    ours_kernels, theirs_kernels = kernels_per_step(ours, data[0]), kernels_per_step(theirs, data[0])
-    ours_times, theirs_times = alternate(forward_and_backward(ours), forward_and_backward(theirs), data, warmup)
+    with cast_frozen_weights_once(ours, torch.bfloat16):  # as the training loop does (methods/shared/training.train)
+        ours_kernels, theirs_kernels = kernels_per_step(ours, data[0]), kernels_per_step(theirs, data[0])
+        ours_times, theirs_times = alternate(forward_and_backward(ours), forward_and_backward(theirs), data, warmup)
     ours_s, theirs_s = statistics.median(ours_times), statistics.median(theirs_times)
     return {"method": name, "ours_kernels_per_step": sum(ours_kernels.values()),
             "theirs_kernels_per_step": sum(theirs_kernels.values()),

@@ -141,10 +141,65 @@ def is_autocast_on(device_type: str) -> bool:
         return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
+@contextmanager
+def cast_frozen_weights_once(model: nn.Module, dtype: torch.dtype | None):
+    """While inside, the frozen weights and biases of `model`'s Linear layers are kept cast to `dtype` (the one
+    autocast runs the products in: bf16 or fp16; None: nothing to do) and used under autocast instead of the
+    fp32 ones, which autocast would cast again at every product (its own cache keeps only tensors that require
+    grad, and only for one autocast region). The stacked query/key/value weights of Attention.queries_keys_values
+    are kept the same way.
+
+    Why: on a GPU at the course's batch sizes a step waits on launching kernels (README, "Speed on a GPU"), and with
+    a frozen backbone these are 8 casts and 2 stacks a layer, of about 90 operators a layer in all (counted by
+    benchmarks/host_bound.py, where attention is some 40 of them; on a GPU it is 2). The copies are the ones
+    autocast makes, so the numbers do not change; they cost their memory (half that of the frozen fp32 weights in
+    bf16) until the block ends. They are snapshots: a frozen weight changed inside the block would not be seen,
+    so the training loop (methods/shared/training.train) keeps one around its steps, where none changes."""
+    modules = [m for m in model.modules() if isinstance(m, (Linear, Attention))] if dtype is not None else []
+    frozen = lambda *tensors: not any(t is None or t.requires_grad for t in tensors)
+    with torch.no_grad():
+        for module in modules:
+            if isinstance(module, Linear) and frozen(module.weight):
+                # a trainable bias (BitFit) stays itself: autocast casts it at each product, so its gradient flows
+                bias = module.bias.to(dtype) if module.bias is not None and frozen(module.bias) else module.bias
+                module.cast = (module.weight.to(dtype), bias)
+            elif isinstance(module, Attention) and module.stacks_projections(grad=True, autocast=True):
+                weights = [p.weight for p in (module.query, module.key, module.value)]
+                biases = [p.bias for p in (module.query, module.key, module.value)]
+                if frozen(*weights):  # trainable biases (BitFit) are stacked at each product: None here
+                    bias = torch.cat(biases).to(dtype) if frozen(*biases) else None
+                    module.cast = (torch.cat(weights).to(dtype), bias)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.cast = None
+
+
+def use_cast(cast: tuple | None, x: torch.Tensor) -> bool:
+    """Whether to use a module's kept cast weights (cast_frozen_weights_once) on `x`: under autocast to their
+    dtype, outside torch.compile (a compiled graph fuses the casts itself)."""
+    if cast is None:  # the common case first: this runs at every product
+        return False
+    compiling = torch.compiler.is_compiling() if hasattr(torch.compiler, "is_compiling") else False  # torch < 2.3
+    return not compiling and is_autocast_on(x.device.type) and autocast_dtype(x.device.type) == cast[0].dtype
+
+
+def autocast_dtype(device_type: str) -> torch.dtype:
+    try:
+        return torch.get_autocast_dtype(device_type)
+    except AttributeError:  # torch < 2.4
+        return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
+
+
 class Linear(nn.Linear):
-    """nn.Linear (same parameters, same state dict) computed by `linear`: faster in a generation step."""
+    """nn.Linear (same parameters, same state dict) computed by `linear`: faster in a generation step; inside
+    cast_frozen_weights_once, with its frozen weight and bias cast once for the whole block."""
+    cast: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_cast(self.cast, x):
+            return F.linear(x, *self.cast)
         return linear(x, self.weight, self.bias)
 
 
@@ -222,6 +277,7 @@ class Dropout(nn.Dropout):
 
 class Attention(nn.Module):
     """Multi-head self-attention; separate query/key/value projections so LoRA can wrap each."""
+    cast: tuple[torch.Tensor, torch.Tensor | None] | None = None  # q/k/v's stacked, see cast_frozen_weights_once
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -259,6 +315,11 @@ class Attention(nn.Module):
         y = padding.unpad(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, H) -> (N, H)
         return self.output(y), (k, v)
 
+    def stacks_projections(self, grad: bool, autocast: bool) -> bool:
+        """Whether queries_keys_values multiplies by the three weights stacked (its docstring says when, and why)."""
+        return grad and autocast and all(type(p) is Linear and p.bias is not None and not p._forward_hooks
+                                         and not p._forward_pre_hooks for p in (self.query, self.key, self.value))
+
     def queries_keys_values(self, x: torch.Tensor) -> torch.Tensor:
         """[N, H] -> [N, 3H]: the three projections side by side.
 
@@ -271,9 +332,10 @@ class Attention(nn.Module):
         autocast their casts are kept either way), so fp32 keeps three products and its numbers; so do
         evaluation and generation (no gradients), projections a method wraps (LoRA), and hooked ones."""
         projections = (self.query, self.key, self.value)
-        if (torch.is_grad_enabled() and is_autocast_on(x.device.type)
-                and all(type(p) is Linear and p.bias is not None and not p._forward_hooks
-                        and not p._forward_pre_hooks for p in projections)):
+        if use_cast(self.cast, x) and torch.is_grad_enabled():  # kept stacked and cast (cast_frozen_weights_once)
+            weight, bias = self.cast
+            return F.linear(x, weight, torch.cat([p.bias for p in projections]) if bias is None else bias)
+        if self.stacks_projections(torch.is_grad_enabled(), is_autocast_on(x.device.type)):
             return F.linear(x, torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections]))
         return torch.cat([p(x) for p in projections], dim=-1)
 

@@ -7,14 +7,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from torch._dynamo.utils import counters
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from data import batches, load_task
-from methods import fine_tuning, p_tuning_v2
+from methods import fine_tuning, p_tuning_v2, registry
+from methods.bitfit import BitFitConfig
+from methods.lora import LoRAConfig
 from methods.p_tuning_v2 import PTuningV2, PTuningV2Config
 from methods.prefix_tuning import PrefixTuning, PrefixTuningConfig
 from methods.prompt_tuning import PromptTuning, PromptTuningConfig
 from methods.shared.training import TrainConfig, task_loss, train, trainable_parameters
 from minitransformer import compile_blocks, generate, load_pretrained
+from minitransformer.model import Linear, cast_frozen_weights_once
 
 BUILD = {
     "prompt_tuning": lambda b, t: PromptTuning(b, t, 2, PromptTuningConfig(4, init="random", head="classifier")),
@@ -145,3 +149,95 @@ def test_the_compile_option_reaches_the_blocks_and_keeps_the_run(tiny_checkpoint
     eager, compiled = records[None], records["aot_eager"]
     assert compiled.options["compile"] == "aot_eager" and compiled.graphs > 0 and eager.graphs == 0
     assert [(h["loss"], h["dev_metric"]) for h in compiled.history] == [(h["loss"], h["dev_metric"]) for h in eager.history]
+
+
+class Casts(TorchDispatchMode):
+    """The tensors cast (aten._to_copy) and stacked (aten.cat) while inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.cast, self.stacked = [], 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ == "_to_copy":
+            self.cast.append(args[0].data_ptr())
+        self.stacked += func.overloadpacket.__name__ == "cat"
+        return func(*args, **(kwargs or {}))
+
+
+def bf16_steps(directory, config, kept: bool, steps: int = 2) -> dict:
+    """`steps` training steps under bf16 autocast (dropout on, seeded), inside cast_frozen_weights_once or not: the
+    losses, the trainable gradients, and which frozen Linear tensors the last step cast."""
+    torch.manual_seed(0)
+    backbone, tokenizer = load_pretrained(str(directory))
+    method = registry.method_for(config).model_class(backbone, tokenizer, 2, config).train()
+    batch = next(batches(load_task("builtin_sentiment").splits["train"][:8], tokenizer, 8, max_length=24))
+    frozen = {p.data_ptr() for m in backbone.modules() if isinstance(m, Linear)
+              for p in m.parameters() if not p.requires_grad}
+    torch.manual_seed(1)
+    losses = []
+    with cast_frozen_weights_once(method, torch.bfloat16 if kept else None):
+        for _ in range(steps):
+            method.zero_grad(set_to_none=True)
+            with Casts() as casts:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    loss = task_loss(method(batch), batch["labels"])
+                loss.backward()
+            losses.append(loss.detach())
+    assert all(m.cast is None for m in method.modules() if hasattr(m, "cast")), "the copies go with the block"
+    return {"losses": losses, "grads": [p.grad for p in trainable_parameters(method)],
+            "frozen_cast": sum(ptr in frozen for ptr in casts.cast), "stacked": casts.stacked,
+            "layers": backbone.config.num_layers}
+
+
+@pytest.mark.parametrize("kind, config", [
+    ("gpt2", PromptTuningConfig(4, init="random", head="classifier")), ("gpt2", PTuningV2Config(4)),
+    ("bert", PrefixTuningConfig(4, mlp_hidden=16)), ("bert", LoRAConfig()), ("gpt2", BitFitConfig())],
+    ids=["prompt_tuning", "p_tuning_v2", "prefix_tuning", "lora", "bitfit"])
+def test_frozen_weights_cast_once_keep_the_numbers_and_drop_the_casts(kind, config, tiny_checkpoints):
+    """minitransformer.model.cast_frozen_weights_once: under autocast a frozen weight is not cast again at every
+    step (nor the query/key/value weights stacked again), and every loss and gradient stays the same bit for bit,
+    a trainable bias's (BitFit) included."""
+    directory = tiny_checkpoints[kind][0]
+    recast, kept = bf16_steps(directory, config, kept=False), bf16_steps(directory, config, kept=True)
+    assert all(torch.equal(a, b) for a, b in zip(recast["losses"], kept["losses"]))
+    assert all(torch.equal(a, b) for a, b in zip(recast["grads"], kept["grads"]))
+    assert recast["frozen_cast"] > 0 and kept["frozen_cast"] == 0, (recast["frozen_cast"], kept["frozen_cast"])
+    if not isinstance(config, LoRAConfig):  # LoRA's wrapped projections are not stacked
+        stacks = 1 if isinstance(config, BitFitConfig) else 2  # BitFit trains the biases: stacked at each step
+        assert recast["stacked"] - kept["stacked"] == stacks * kept["layers"], "q/k/v's weights (and biases) a layer"
+
+
+def test_frozen_weights_cast_once_leave_fp32_and_training_runs_alone(tiny_checkpoints, monkeypatch):
+    """Outside autocast (fp32 evaluation inside the training loop, on CPU) the fp32 weights serve, bit for bit, and
+    under autocast to another dtype they are cast from fp32 as without the block (not from bf16); the
+    training loop keeps the casts for its bf16 steps and none in fp32, and its history is the one without them."""
+    from methods.shared import training
+    backbone, tokenizer = load_pretrained(str(tiny_checkpoints["gpt2"][0]))
+    method = PTuningV2(backbone, tokenizer, 2, PTuningV2Config(4)).eval()
+    batch = next(batches(load_task("builtin_sentiment").splits["train"][:8], tokenizer, 8, max_length=24))
+    with torch.no_grad():
+        fp32 = method(batch)
+        with torch.autocast("cpu", dtype=torch.float16):
+            fp16 = method(batch)
+        with cast_frozen_weights_once(method, torch.bfloat16):
+            assert torch.equal(method(batch), fp32)
+            with torch.autocast("cpu", dtype=torch.float16):  # another dtype than the kept one: autocast casts
+                assert torch.equal(method(batch), fp16)
+    examples = load_task("builtin_sentiment").splits["train"][:32]
+    entered = []
+
+    def run(precision: str, keep: bool) -> list:
+        def spy(model, dtype):
+            entered.append(dtype)
+            return cast_frozen_weights_once(model, dtype if keep else None)
+        monkeypatch.setattr(training, "cast_frozen_weights_once", spy)
+        torch.manual_seed(0)
+        model = PTuningV2(load_pretrained(str(tiny_checkpoints["gpt2"][0]))[0], tokenizer, 2, PTuningV2Config(4))
+        return train(model, lambda epoch: batches(examples, tokenizer, 8, shuffle=True, seed=epoch, max_length=24),
+                     4, lambda: batches(examples[:8], tokenizer, 8, max_length=24),
+                     TrainConfig(epochs=1, eval_every=2, lr=1e-2, precision=precision, progress=False)).history
+    kept, recast = run("bf16", True), run("bf16", False)
+    assert [(h["loss"], h["dev_metric"]) for h in kept] == [(h["loss"], h["dev_metric"]) for h in recast]
+    run("fp32", True)
+    assert entered == [torch.bfloat16, torch.bfloat16, None]

@@ -81,6 +81,39 @@ def test_prompt_tuning_matches_peft_seq2seq_logits_and_gradients(kind, tmp_path)
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["t5", "bart"])
+def test_frozen_weights_cast_once_on_an_encoder_decoder(kind, tmp_path):
+    """cast_frozen_weights_once reaches the encoder-decoder's Linear layers too (T5's have no biases): a bf16 step
+    casts no frozen weight and gives the same loss and gradient bit for bit."""
+    from minitransformer import load_pretrained
+    from minitransformer.model import Linear, cast_frozen_weights_once
+    from methods.prompt_tuning import PromptTuning, PromptTuningConfig
+    from methods.shared.prompting import encode_with_prompt
+    from tests.test_precision_and_memory import Casts
+    save_tiny(kind, tmp_path)
+
+    def step(kept: bool):
+        torch.manual_seed(0)
+        backbone, tokenizer = load_pretrained(str(tmp_path))
+        ours = PromptTuning(backbone, tokenizer, 2, PromptTuningConfig(num_virtual_tokens=4, init="random"),
+                            verbalizer=LABEL_WORDS).train()
+        frozen = {p.data_ptr() for m in backbone.modules() if isinstance(m, Linear) for p in m.parameters()}
+        ids, mask, decoder_ids, decoder_mask = padded_batch()
+        torch.manual_seed(1)
+        with cast_frozen_weights_once(ours, torch.bfloat16 if kept else None), Casts() as casts:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                encoded, extended = encode_with_prompt(backbone, ours.virtual_tokens,
+                                                       {"input_ids": ids, "attention_mask": mask})
+                loss = loss_of(lm_logits_of(backbone, encoded, extended, decoder_ids, decoder_mask).float(),
+                               decoder_ids, decoder_mask)
+            loss.backward()
+        return loss, ours.virtual_tokens.grad, sum(ptr in frozen for ptr in casts.cast)
+
+    (loss, grad, cast), (loss_kept, grad_kept, cast_kept) = step(False), step(True)
+    assert torch.equal(loss, loss_kept) and torch.equal(grad, grad_kept)
+    assert cast > 0 and cast_kept == 0
+
+
 def peft_slot(layer: int, num_layers: int) -> int:
     """The prefix slot peft's seq2seq prefix tuning gives decoder layer `layer` (see prefix_tuning.py)."""
     return 2 * layer % num_layers

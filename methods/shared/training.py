@@ -37,6 +37,7 @@ from data.readers import NER_TAGS
 
 from methods.shared import distributed
 from methods.shared.files import atomic_path
+from minitransformer.model import cast_frozen_weights_once
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DIVERGED = 10.0  # a loss above DIVERGED x (first loss + 1) has left the region where training makes progress
@@ -142,12 +143,17 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def mixed_precision(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The dtype of the matrix products, bf16 or fp16, or None for fp32; "auto" is bf16 on CUDA, where it is
+    fast, and fp32 elsewhere."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
 def autocast(device: torch.device, precision: str = "auto"):
-    """Mixed precision: matrix products in bf16 or fp16 (the parameters and optimizer state stay fp32);
-    "auto" is bf16 on CUDA, where it is fast, and fp32 elsewhere."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if precision == "auto" and device.type == "cuda":
-        dtype = torch.bfloat16
+    """Mixed precision: matrix products in bf16 or fp16 (the parameters and optimizer state stay fp32)."""
+    dtype = mixed_precision(device, precision)
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
@@ -301,7 +307,8 @@ def train(model: nn.Module, train_batches: Callable[[int], Iterable[dict]], step
                disable=not (config.progress and distributed.is_main()), leave=False)
     start, eval_seconds = time.perf_counter() - loop["seconds"], 0.0
     model.train()
-    with stop_on_signals() as asked:
+    # Under mixed precision the frozen weights are cast once for the run, not at every step (fewer GPU kernels).
+    with stop_on_signals() as asked, cast_frozen_weights_once(model, mixed_precision(device, config.precision)):
         for batch in every_epoch(train_batches, config.epochs, steps_per_epoch, result.steps):
             optimizer.zero_grad(set_to_none=True)
             loss, problem = backward(forward, to_device(batch, device), params, optimizer, scaler, config, device)
