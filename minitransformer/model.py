@@ -177,12 +177,11 @@ def cast_frozen_weights_once(model: nn.Module, dtype: torch.dtype | None):
 
 
 def use_cast(cast: tuple | None, x: torch.Tensor) -> bool:
-    """Whether to use a module's kept cast weights (cast_frozen_weights_once) on `x`: under autocast to their
-    dtype, outside torch.compile (a compiled graph fuses the casts itself)."""
+    """Whether to use a module's kept cast weights (cast_frozen_weights_once) on `x`: under autocast to their dtype.
+    Compiled blocks (compile_blocks) take them as inputs too, so their graphs hold no casts of frozen weights."""
     if cast is None:  # the common case first: this runs at every product
         return False
-    compiling = torch.compiler.is_compiling() if hasattr(torch.compiler, "is_compiling") else False  # torch < 2.3
-    return not compiling and is_autocast_on(x.device.type) and autocast_dtype(x.device.type) == cast[0].dtype
+    return is_autocast_on(x.device.type) and autocast_dtype(x.device.type) == cast[0].dtype
 
 
 def autocast_dtype(device_type: str) -> torch.dtype:

@@ -241,3 +241,34 @@ def test_frozen_weights_cast_once_leave_fp32_and_training_runs_alone(tiny_checkp
     assert [(h["loss"], h["dev_metric"]) for h in kept] == [(h["loss"], h["dev_metric"]) for h in recast]
     run("fp32", True)
     assert entered == [torch.bfloat16, torch.bfloat16, None]
+
+
+def test_compiled_blocks_take_the_kept_casts(tiny_checkpoints):
+    """Compiled blocks (aot_eager) inside cast_frozen_weights_once: eager's bf16 numbers without the block bit for
+    bit, no graph break, and a second block (a second run) compiles nothing new."""
+    def losses(compiled: bool, kept: bool, runs: int = 1) -> list[float]:
+        torch.manual_seed(0)
+        backbone, tokenizer = load_pretrained(str(tiny_checkpoints["gpt2"][0]))
+        if compiled:
+            compile_blocks(backbone, "aot_eager")
+        method = PTuningV2(backbone, tokenizer, 2, PTuningV2Config(4)).train()
+        batch = next(batches(load_task("builtin_sentiment").splits["train"][:8], tokenizer, 8, max_length=24))
+        torch.manual_seed(1)
+        counters.clear()
+        out = []
+        for _ in range(runs):
+            with cast_frozen_weights_once(method, torch.bfloat16 if kept else None):
+                for _ in range(2):
+                    method.zero_grad(set_to_none=True)
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        loss = task_loss(method(batch), batch["labels"])
+                    loss.backward()
+                    out.append((loss.item(), method.prefix.flat_prefix.grad.clone()))
+            graphs.append(counters["stats"]["unique_graphs"])
+        return out
+    graphs: list[int] = []
+    eager = losses(compiled=False, kept=False, runs=2)
+    compiled = losses(compiled=True, kept=True, runs=2)
+    assert [loss for loss, _ in compiled] == [loss for loss, _ in eager]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(compiled, eager))
+    assert not counters["graph_break"] and graphs[2] == graphs[3] > 0, graphs
