@@ -171,6 +171,18 @@ def peak_step_memory_mb(step, batch: dict, device) -> float | None:
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
+def kept_casts_mb(model: torch.nn.Module) -> float:
+    """The bf16 copies of the frozen weights that cast_frozen_weights_once keeps for a run: held between steps like the
+    weights, so not in peak_step_memory_mb, where peft's casts (made again inside each step) are."""
+    storages = {}
+    for module in model.modules():
+        kept = getattr(module, "cast", None)
+        for tensor in (kept.weight, kept.bias) if kept is not None else ():
+            if tensor is not None and not isinstance(tensor, torch.nn.Parameter):  # a trainable bias is no copy
+                storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+    return sum(storages.values()) / 2**20
+
+
 def profile_step(step, batch: dict, device, steps: int = 3) -> dict:
     """Where one of our steps spends its time (torch.profiler over `steps` steps): on a GPU the kernels' busy
     time against the wall time (a fraction far below 1: the GPU waits for the host to launch them), the kernels
@@ -250,6 +262,7 @@ def time_training(shape: str, name: str, directory: Path, device, steps: int, wa
                        b["attention_mask"].numel() for b in data[warmup:]), "steps_timed": len(ours_times),
                    "ours_flops_per_s": flops_per_token * tokens / ours_s,
                    "ours_step_memory_mb": peak_step_memory_mb(steps_of["ours"], data[0], device),
+                   "ours_kept_casts_mb": kept_casts_mb(ours),
                    "theirs_step_memory_mb": peak_step_memory_mb(steps_of["theirs"], data[0], device) if compared
                    else None}
             row["fraction_of_bf16_peak"] = row["ours_flops_per_s"] / peak if peak and precision == "bf16" else None

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from minitransformer import Tokenizer, Transformer
-from minitransformer.model import linear as frozen_linear
+from minitransformer.model import KeptCast, kept_weights, linear as frozen_linear
 
 from methods.fine_tuning import FineTuning, FineTuningConfig
 from methods.shared.options import option
@@ -59,6 +59,7 @@ class LoRALinear(nn.Module):
     layer's own Parameters (same names, so the backbone's state dict keys do not change).
     Input shape: [..., in]. Output shape: [..., out].
     """
+    cast: KeptCast | None = None  # W and b in bf16 for a mixed-precision run (model.cast_frozen_weights_once)
 
     def __init__(self, linear: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
         super().__init__()
@@ -85,7 +86,7 @@ class LoRALinear(nn.Module):
         return (self.lora_B @ self.lora_A) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        frozen = frozen_linear(x, self.weight, self.bias)  # (..., out), as F.linear (faster for a generation step)
+        frozen = frozen_linear(x, *kept_weights(self, x))  # (..., out), as F.linear (faster for a generation step)
         if self.merged:
             if self.training and torch.is_grad_enabled():
                 raise RuntimeError("This LoRA layer is merged, so A and B would get no gradient: call unmerge() "

@@ -143,45 +143,77 @@ def is_autocast_on(device_type: str) -> bool:
 
 @contextmanager
 def cast_frozen_weights_once(model: nn.Module, dtype: torch.dtype | None):
-    """While inside, the frozen weights and biases of `model`'s Linear layers are kept cast to `dtype` (the one
-    autocast runs the products in: bf16 or fp16; None: nothing to do) and used under autocast instead of the
-    fp32 ones, which autocast would cast again at every product (its own cache keeps only tensors that require
-    grad, and only for one autocast region). The stacked query/key/value weights of Attention.queries_keys_values
-    are kept the same way.
+    """While inside, the frozen weights and biases of `model`'s linear layers (Linear, and any layer that declares
+    a `cast` attribute and reads it with `kept_weights`, as LoRA's) are kept cast to `dtype` (the one autocast runs
+    the products in: bf16 or fp16; None: nothing to do) and used under autocast instead of the fp32 ones, which
+    autocast would cast again at every product (its own cache keeps only tensors that require grad, and only for
+    one autocast region). Each Attention keeps its query/key/value weights stacked (queries_keys_values); their
+    own copies are views of that one.
 
     Why: on a GPU at the course's batch sizes a step waits on launching kernels (README, "Speed on a GPU"), and with
     a frozen backbone these are 8 casts and 2 stacks a layer, of about 90 operators a layer in all (counted by
     benchmarks/host_bound.py, where attention is some 40 of them; on a GPU it is 2). The copies are the ones
-    autocast makes, so the numbers do not change; they cost their memory (half that of the frozen fp32 weights in
-    bf16) until the block ends. They are snapshots: a frozen weight changed inside the block would not be seen,
-    so the training loop (methods/shared/training.train) keeps one around its steps, where none changes."""
-    modules = [m for m in model.modules() if isinstance(m, (Linear, Attention))] if dtype is not None else []
-    frozen = lambda *tensors: not any(t is None or t.requires_grad for t in tensors)
+    autocast makes, so the numbers do not change; they cost half the memory of those fp32 weights in bf16 until
+    the block ends. A weight changed in place or made trainable inside the block is used as itself again (the
+    copy remembers its version); the other layers' frozen weights (poolers, LM heads) are cast as before."""
+    modules = [m for m in model.modules() if hasattr(type(m), "cast")] if dtype is not None else []
+    previous = [m.cast for m in modules]
+    frozen = lambda *tensors: not any(t.requires_grad for t in tensors)
     with torch.no_grad():
-        for module in modules:
-            if isinstance(module, Linear) and frozen(module.weight):
-                # a trainable bias (BitFit) stays itself: autocast casts it at each product, so its gradient flows
-                bias = module.bias.to(dtype) if module.bias is not None and frozen(module.bias) else module.bias
-                module.cast = (module.weight.to(dtype), bias)
-            elif isinstance(module, Attention) and module.stacks_projections(grad=True, autocast=True):
-                weights = [p.weight for p in (module.query, module.key, module.value)]
-                biases = [p.bias for p in (module.query, module.key, module.value)]
+        for module in modules:  # parents before children: an Attention before its projections
+            if module.cast is not None:  # kept by an enclosing block, or as a view of its Attention's stack
+                continue
+            if isinstance(module, Attention) and module.stacks_projections(grad=True, autocast=True):
+                projections = (module.query, module.key, module.value)
+                weights, biases = [p.weight for p in projections], [p.bias for p in projections]
                 if frozen(*weights):  # trainable biases (BitFit) are stacked at each product: None here
                     bias = torch.cat(biases).to(dtype) if frozen(*biases) else None
-                    module.cast = (torch.cat(weights).to(dtype), bias)
+                    sources = weights + (biases if bias is not None else [])
+                    module.cast = KeptCast(torch.cat(weights).to(dtype), bias, sources)
+                    for i, (p, weight) in enumerate(zip(projections, module.cast.weight.chunk(3))):
+                        own_bias = p.bias if bias is None else bias.chunk(3)[i]
+                        p.cast = KeptCast(weight, own_bias, [p.weight] + ([p.bias] if bias is not None else []))
+            elif not isinstance(module, Attention) and frozen(module.weight):
+                # a trainable bias (BitFit) stays itself: autocast casts it at each product, so its gradient flows
+                keep_bias = module.bias is not None and frozen(module.bias)
+                module.cast = KeptCast(module.weight.to(dtype), module.bias.to(dtype) if keep_bias else module.bias,
+                                       [module.weight] + ([module.bias] if keep_bias else []))
     try:
         yield
     finally:
-        for module in modules:
-            module.cast = None
+        for module, kept in zip(modules, previous):
+            module.cast = kept
 
 
-def use_cast(cast: tuple | None, x: torch.Tensor) -> bool:
-    """Whether to use a module's kept cast weights (cast_frozen_weights_once) on `x`: under autocast to their dtype.
-    Compiled blocks (compile_blocks) take them as inputs too, so their graphs hold no casts of frozen weights."""
-    if cast is None:  # the common case first: this runs at every product
-        return False
-    return is_autocast_on(x.device.type) and autocast_dtype(x.device.type) == cast[0].dtype
+class KeptCast:
+    """A layer's weight and bias kept in a low precision by cast_frozen_weights_once, with the frozen tensors they
+    were made from and those tensors' versions at the time."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, sources: list[torch.Tensor]):
+        self.weight, self.bias, self.sources = weight, bias, sources
+        self.versions = [t._version for t in sources]
+
+    def usable(self, x: torch.Tensor) -> bool:
+        """Under autocast to the copy's dtype, its sources still frozen and unchanged (in a compiled block the
+        versions are not looked at: the compiler cannot read them)."""
+        if not is_autocast_on(x.device.type) or autocast_dtype(x.device.type) != self.weight.dtype:
+            return False
+        if any([t.requires_grad for t in self.sources]):
+            return False
+        return is_compiling() or [t._version for t in self.sources] == self.versions
+
+
+def is_compiling() -> bool:
+    return torch.compiler.is_compiling() if hasattr(torch.compiler, "is_compiling") else False  # torch < 2.3
+
+
+def kept_weights(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The (weight, bias) a linear layer multiplies `x` by: its kept copies (cast_frozen_weights_once) where usable,
+    else its own parameters (autocast, if on, casts them)."""
+    kept = layer.cast
+    if kept is not None and kept.usable(x):
+        return kept.weight, kept.bias
+    return layer.weight, layer.bias
 
 
 def autocast_dtype(device_type: str) -> torch.dtype:
@@ -194,12 +226,10 @@ def autocast_dtype(device_type: str) -> torch.dtype:
 class Linear(nn.Linear):
     """nn.Linear (same parameters, same state dict) computed by `linear`: faster in a generation step; inside
     cast_frozen_weights_once, with its frozen weight and bias cast once for the whole block."""
-    cast: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    cast: KeptCast | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_cast(self.cast, x):
-            return F.linear(x, *self.cast)
-        return linear(x, self.weight, self.bias)
+        return linear(x, *kept_weights(self, x))
 
 
 class GrowingKeyValue:
@@ -276,7 +306,7 @@ class Dropout(nn.Dropout):
 
 class Attention(nn.Module):
     """Multi-head self-attention; separate query/key/value projections so LoRA can wrap each."""
-    cast: tuple[torch.Tensor, torch.Tensor | None] | None = None  # q/k/v's stacked, see cast_frozen_weights_once
+    cast: KeptCast | None = None  # q/k/v's weights stacked, see cast_frozen_weights_once
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -331,11 +361,12 @@ class Attention(nn.Module):
         autocast their casts are kept either way), so fp32 keeps three products and its numbers; so do
         evaluation and generation (no gradients), projections a method wraps (LoRA), and hooked ones."""
         projections = (self.query, self.key, self.value)
-        if use_cast(self.cast, x) and torch.is_grad_enabled():  # kept stacked and cast (cast_frozen_weights_once)
-            weight, bias = self.cast
-            return F.linear(x, weight, torch.cat([p.bias for p in projections]) if bias is None else bias)
         if self.stacks_projections(torch.is_grad_enabled(), is_autocast_on(x.device.type)):
-            return F.linear(x, torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections]))
+            if self.cast is not None and self.cast.usable(x):  # stacked and cast once (cast_frozen_weights_once)
+                weight, bias = self.cast.weight, self.cast.bias  # bias None: trainable biases (BitFit)
+            else:
+                weight, bias = torch.cat([p.weight for p in projections]), None
+            return F.linear(x, weight, torch.cat([p.bias for p in projections]) if bias is None else bias)
         return torch.cat([p(x) for p in projections], dim=-1)
 
 

@@ -21,6 +21,7 @@ def test_the_gpu_benchmark_runs_at_tiny_shapes_on_cpu(minilm_dir, tmp_path):
         for size in (32, 40)]
     for row in report["training"]:
         assert row["ours_tokens_per_s"] > 0 and row["fraction_of_bf16_peak"] is None, "no bf16 peak on a CPU"
+        assert row["ours_kept_casts_mb"] == 0, "fp32: no bf16 copies of the frozen weights"
         if row["ours_alone"]:
             assert row["theirs_tokens_per_s"] is None and row["step_time_ratio"] is None, "theirs not timed"
             profile = row["ours_profile"]  # the largest batch of each method is profiled
@@ -40,9 +41,12 @@ def test_the_gpu_benchmark_can_compile_our_blocks(minilm_dir):
     pytest.importorskip("peft")
     import gpu
     report = gpu.main(["--device", "cpu", "--shapes", "tiny-bert", "--methods", "p_tuning_v2", "--steps", "1",
-                       "--warmup", "1", "--compile", "aot_eager"])
+                       "--warmup", "1", "--compile", "aot_eager", "--precision", "bf16"])
     assert report["compile"] == "aot_eager" and [row["ours_compiled"] for row in report["training"]] == ["aot_eager"]
     assert report["training"][0]["ours_tokens_per_s"] > 0
+    # bf16: the frozen Linear weights kept in bf16 for the run, half their fp32 bytes (tiny-bert: 2 layers, width
+    # 32, feed-forward 128: 2 x (4 x 32 x 32 + 32 x 128 + 128 x 32 + 4 x 32 + 128 + 32) numbers)
+    assert report["training"][0]["ours_kept_casts_mb"] * 2**20 == 2 * 2 * (4 * 32 * 32 + 2 * 32 * 128 + 4 * 32 + 160)
 
 
 def test_the_host_bound_benchmark_counts_and_times_both_sides(tmp_path):

@@ -172,7 +172,7 @@ def bf16_steps(directory, config, kept: bool, steps: int = 2) -> dict:
     backbone, tokenizer = load_pretrained(str(directory))
     method = registry.method_for(config).model_class(backbone, tokenizer, 2, config).train()
     batch = next(batches(load_task("builtin_sentiment").splits["train"][:8], tokenizer, 8, max_length=24))
-    frozen = {p.data_ptr() for m in backbone.modules() if isinstance(m, Linear)
+    frozen = {p.data_ptr() for m in backbone.modules() if hasattr(type(m), "cast")  # Linear, LoRALinear
               for p in m.parameters() if not p.requires_grad}
     torch.manual_seed(1)
     losses = []
@@ -206,6 +206,47 @@ def test_frozen_weights_cast_once_keep_the_numbers_and_drop_the_casts(kind, conf
     if not isinstance(config, LoRAConfig):  # LoRA's wrapped projections are not stacked
         stacks = 1 if isinstance(config, BitFitConfig) else 2  # BitFit trains the biases: stacked at each step
         assert recast["stacked"] - kept["stacked"] == stacks * kept["layers"], "q/k/v's weights (and biases) a layer"
+
+
+def test_frozen_weights_cast_once_follow_changes_nest_and_cost_half(tiny_checkpoints):
+    """The copies cost half the frozen Linear weights' fp32 bytes (q/k/v's are views of their stacked copy); a weight
+    changed in place, made trainable or hooked inside the block is used as itself; an inner block keeps the outer
+    block's copies."""
+    torch.manual_seed(0)
+    backbone, tokenizer = load_pretrained(str(tiny_checkpoints["gpt2"][0]))
+    method = PTuningV2(backbone, tokenizer, 2, PTuningV2Config(4)).train()
+    batch = next(batches(load_task("builtin_sentiment").splits["train"][:8], tokenizer, 8, max_length=24))
+    attention = backbone.layers[0].attention
+
+    def logits():
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return method(batch)
+    with cast_frozen_weights_once(method, torch.bfloat16):
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for m in backbone.modules()
+                    if isinstance(m, Linear) for t in (m.cast.weight, m.cast.bias)}
+        fp32 = sum(p.numel() * 4 for m in backbone.modules() if isinstance(m, Linear) for p in m.parameters())
+        assert sum(storages.values()) == fp32 // 2
+        assert attention.query.cast.weight.untyped_storage().data_ptr() == attention.cast.weight.data_ptr()
+        outer = attention.cast
+        with cast_frozen_weights_once(method, torch.bfloat16):
+            assert attention.cast is outer
+        assert attention.cast is outer, "leaving an inner block keeps the outer block's copies"
+        with torch.no_grad():
+            backbone.layers[0].mlp.up.weight.mul_(2)
+            attention.key.bias.add_(1)
+        changed = logits()
+        calls = []
+        attention.query.register_forward_hook(lambda *args: calls.append(1))
+        logits()
+        assert calls == [1], "a projection hooked inside the block runs as a module of its own"
+        attention.query._forward_hooks.clear()
+        backbone.layers[1].mlp.down.weight.requires_grad_(True)
+        logits().float().sum().backward()
+        assert backbone.layers[1].mlp.down.weight.grad is not None, "made trainable inside the block: it learns"
+    backbone.layers[1].mlp.down.weight.requires_grad_(False)
+    assert torch.equal(changed, logits()), "the changed weights were used inside the block as they are outside"
+    assert all(m.cast is None for m in method.modules() if hasattr(type(m), "cast"))
 
 
 def test_frozen_weights_cast_once_leave_fp32_and_training_runs_alone(tiny_checkpoints, monkeypatch):
@@ -244,19 +285,30 @@ def test_frozen_weights_cast_once_leave_fp32_and_training_runs_alone(tiny_checkp
 
 
 def test_compiled_blocks_take_the_kept_casts(tiny_checkpoints):
-    """Compiled blocks (aot_eager) inside cast_frozen_weights_once: eager's bf16 numbers without the block bit for
-    bit, no graph break, and a second block (a second run) compiles nothing new."""
-    def losses(compiled: bool, kept: bool, runs: int = 1) -> list[float]:
+    """Compiled blocks inside cast_frozen_weights_once: eager's bf16 numbers without the block bit for bit, no graph
+    break and no graph more than compiled without it, nothing compiled anew for a second block (a second run), and
+    fewer casts in the compiled forward graphs (the kept copies come in as inputs)."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    from minitransformer.model import Block
+
+    def losses(compiled: bool, kept: bool) -> dict:
+        casts = []
+
+        def count_casts(graph, example_inputs):  # the forward graph of a compiled block, run as it is
+            casts.append(sum(node.target == torch.ops.aten._to_copy.default for node in graph.graph.nodes))
+            return make_boxed_func(graph.forward)
         torch.manual_seed(0)
         backbone, tokenizer = load_pretrained(str(tiny_checkpoints["gpt2"][0]))
-        if compiled:
-            compile_blocks(backbone, "aot_eager")
+        for block in backbone.modules() if compiled else []:
+            if isinstance(block, Block):
+                block.compile(backend=aot_autograd(fw_compiler=count_casts), dynamic=True)
         method = PTuningV2(backbone, tokenizer, 2, PTuningV2Config(4)).train()
         batch = next(batches(load_task("builtin_sentiment").splits["train"][:8], tokenizer, 8, max_length=24))
         torch.manual_seed(1)
         counters.clear()
-        out = []
-        for _ in range(runs):
+        out, graphs = [], []
+        for _ in range(2):  # two runs, each in a block of its own
             with cast_frozen_weights_once(method, torch.bfloat16 if kept else None):
                 for _ in range(2):
                     method.zero_grad(set_to_none=True)
@@ -265,10 +317,10 @@ def test_compiled_blocks_take_the_kept_casts(tiny_checkpoints):
                     loss.backward()
                     out.append((loss.item(), method.prefix.flat_prefix.grad.clone()))
             graphs.append(counters["stats"]["unique_graphs"])
-        return out
-    graphs: list[int] = []
-    eager = losses(compiled=False, kept=False, runs=2)
-    compiled = losses(compiled=True, kept=True, runs=2)
-    assert [loss for loss, _ in compiled] == [loss for loss, _ in eager]
-    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(compiled, eager))
-    assert not counters["graph_break"] and graphs[2] == graphs[3] > 0, graphs
+        return {"steps": out, "graphs": graphs, "casts": sum(casts), "breaks": sum(counters["graph_break"].values())}
+    eager, recast, kept = losses(False, False), losses(True, False), losses(True, True)
+    assert [loss for loss, _ in kept["steps"]] == [loss for loss, _ in eager["steps"]]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(kept["steps"], eager["steps"]))
+    assert kept["breaks"] == recast["breaks"] == 0
+    assert kept["graphs"][0] == kept["graphs"][1] == recast["graphs"][1] > 0, (kept["graphs"], recast["graphs"])
+    assert kept["casts"] < recast["casts"], (kept["casts"], recast["casts"])
