@@ -58,9 +58,15 @@ OURS = {"prompt_tuning": PromptTuningConfig(VIRTUAL_TOKENS, init="random", head=
 SHAPES = {"minilm": ("bert", (384, 6, 12)), "bert-base": ("bert", (768, 12, 12)), "gpt2-small": ("gpt2", (768, 12, 12)),
           "gpt2-medium": ("gpt2", (1024, 24, 16)), "tiny-bert": ("bert", (32, 2, 4)), "tiny-gpt2": ("gpt2", (32, 2, 4)),
           "narrow-gpt2-medium": ("gpt2", (16, 24, 2))}  # GPT-2 medium's depth, all launching (benchmarks/host_bound.py)
-# Dense bf16 tensor-core peaks (FLOP/s) as the vendors list them, by a part of the device name.
-BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
-             "V100": 125e12, "RTX 4090": 165e12}
+# Dense bf16 tensor-core peaks (FLOP/s) as the vendors list them, by a part of the device name: the first part the
+# name contains counts (so "H100 PCIe" before "H100", "A100" before "A10").
+BF16_PEAK = {"H200": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "A100": 312e12,
+             "L40S": 362e12, "L4": 121e12, "A10": 125e12, "V100": 125e12, "RTX 4090": 165e12}
+
+
+def bf16_peak(device_name: str) -> float | None:
+    """The GPU's dense bf16 peak (FLOP/s), None for a GPU not in BF16_PEAK."""
+    return next((peak for part, peak in BF16_PEAK.items() if part in device_name), None)
 
 
 def bert_tokenizer_files() -> Path:
@@ -226,8 +232,7 @@ def time_training(shape: str, name: str, directory: Path, device, steps: int, wa
                                 precision == "bf16") for side, model in (("ours", ours), ("theirs", theirs))}
     n = backbone_parameters(ours)
     flops_per_token = (6 if name == "full_fine_tuning" else 4) * n
-    peak = next((v for k, v in BF16_PEAK.items() if device.type == "cuda" and k in torch.cuda.get_device_name(device)),
-                None)
+    peak = bf16_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     rows = []
     bf16 = torch.bfloat16 if precision == "bf16" else None
     with cast_frozen_weights_once(ours, bf16):  # as the training loop does (methods/shared/training.train)
@@ -352,8 +357,9 @@ def markdown_table(report: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--shapes", default="minilm,gpt2-medium,gpt2-small,bert-base",
-                        help=f"comma-separated, of {', '.join(SHAPES)}")
+    parser.add_argument("--shapes", default="gpt2-medium,gpt2-small,bert-base,minilm",
+                        help=f"comma-separated, of {', '.join(SHAPES)} (GPT-2 medium first: the peak goal's shape is "
+                             "measured, and written to --out, even if a lent GPU's time runs out)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--batch-sizes", default=None,
                         help="comma-separated sentences per step (default: 32,256 on a GPU, 32 on CPU)")

@@ -49,6 +49,12 @@ def test_the_gpu_benchmark_can_compile_our_blocks(minilm_dir):
     assert report["training"][0]["ours_kept_casts_mb"] * 2**20 == 2 * 2 * (4 * 32 * 32 + 2 * 32 * 128 + 4 * 32 + 160)
 
 
+def test_the_bf16_peak_is_the_gpus_own():
+    import gpu
+    assert gpu.bf16_peak("NVIDIA H100 80GB HBM3") == 989e12 and gpu.bf16_peak("NVIDIA H100 PCIe") == 756e12
+    assert gpu.bf16_peak("NVIDIA A100-SXM4-80GB") == 312e12 and gpu.bf16_peak("Some GPU") is None
+
+
 def test_the_host_bound_benchmark_counts_and_times_both_sides(tmp_path):
     """Operator counts are exact (no timing in them): a change that makes our step issue more than peft's fails."""
     pytest.importorskip("peft")
