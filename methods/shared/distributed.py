@@ -116,6 +116,8 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)
     # static_graph: every step uses the same parameters, so a trainable one that a method never uses (full
     # fine-tuning leaves a checkpoint's masked-LM head aside) is found once instead of failing the reduction.
+    # The buffers, all ignored above, are not synchronised either (no broadcast_buffers=False needed: torch 2.13
+    # deprecates it with a warning in every process).
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                               broadcast_buffers=False, static_graph=True)
+                                               static_graph=True)
 
