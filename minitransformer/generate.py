@@ -14,7 +14,8 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
 
-from .model import GrowingKeyValue, KeyValue, Transformer, decoding_layout
+from .model import (GrowingKeyValue, KeyValue, Transformer, autocast_dtype, cast_frozen_weights_once, decoding_layout,
+                    is_autocast_on)
 from .seq2seq import EncoderDecoder
 
 
@@ -34,10 +35,16 @@ def weights_of(model: Transformer | EncoderDecoder) -> list[torch.Tensor]:
 @contextmanager
 def decoding(model: Transformer | EncoderDecoder, max_new_tokens: int):
     """The decoding loop's context: on a CPU, faster products of a few rows by each weight (model.decoding_layout;
-    the blocked copies pay for themselves after ~10 steps, so shorter generations go without them); blocks
-    compiled by model.compile_blocks run eagerly, since every step's shapes are new to the compiler."""
+    the blocked copies pay for themselves after ~10 steps, so shorter generations go without them); under autocast
+    (bf16 on a GPU), the frozen weights cast once for the whole generation instead of at every step
+    (model.cast_frozen_weights_once: a decoding step is a few rows per weight, so it is bound by launching kernels
+    and reading weights, and a cast is both); blocks compiled by model.compile_blocks run eagerly, since every
+    step's shapes are new to the compiler."""
     eager = torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") else nullcontext()
-    with eager, decoding_layout(weights_of(model), blocked_copies=max_new_tokens >= BLOCKED_COPIES_FROM):
+    device = next(model.parameters()).device.type
+    low_precision = autocast_dtype(device) if is_autocast_on(device) else None
+    with (eager, decoding_layout(weights_of(model), blocked_copies=max_new_tokens >= BLOCKED_COPIES_FROM),
+          cast_frozen_weights_once(model, low_precision)):
         yield
 
 

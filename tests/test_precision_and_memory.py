@@ -136,6 +136,34 @@ def test_generation_runs_compiled_blocks_eagerly(tiny_checkpoints):
     assert counters["stats"]["unique_graphs"] == 0, "the prompt's pass is compiled already; no decoding step may be"
 
 
+@pytest.mark.parametrize("kind", ["gpt2", "t5"])
+def test_generation_under_autocast_casts_the_frozen_weights_once(kind, tiny_checkpoints, tmp_path, monkeypatch):
+    """generate.decoding keeps the frozen weights in bf16 for the whole generation: the same tokens, and as many
+    casts of the frozen projections' weights for 3 new tokens as for 6 (none per decoding step)."""
+    import importlib
+    from minitransformer import generate_seq2seq
+    from tests.test_seq2seq_methods import save_tiny
+    generation = importlib.import_module("minitransformer.generate")  # the module (the package exports a function)
+    if kind == "t5":
+        save_tiny("t5", tmp_path)
+    model, _ = load_pretrained(str(tmp_path if kind == "t5" else tiny_checkpoints["gpt2"][0]))
+    model.eval().requires_grad_(False)
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    frozen = {p.data_ptr() for m in model.modules() if isinstance(m, Linear) for p in m.parameters()}
+
+    def run(new_tokens: int) -> tuple[torch.Tensor, int]:
+        with Casts() as casts, torch.autocast("cpu", dtype=torch.bfloat16):
+            out = (generate_seq2seq(model, ids, torch.ones_like(ids), max_new_tokens=new_tokens, eos_id=-1)
+                   if kind == "t5" else generate(model, ids, max_new_tokens=new_tokens, eos_id=-1))
+        return out, sum(ptr in frozen for ptr in casts.cast)
+    (short, kept_short), (tokens, kept_long) = run(3), run(6)
+    original = generation.cast_frozen_weights_once  # the same generation, each step casting its weights again:
+    monkeypatch.setattr(generation, "cast_frozen_weights_once", lambda model, dtype: original(model, None))
+    (_, recast_short), (recast_tokens, recast_long) = run(3), run(6)
+    assert torch.equal(tokens, recast_tokens) and torch.equal(short, tokens[:, :short.shape[1]])
+    assert kept_short == kept_long and recast_short < recast_long, (kept_short, kept_long, recast_short, recast_long)
+
+
 def test_the_compile_option_reaches_the_blocks_and_keeps_the_run(tiny_checkpoints, tmp_path):
     torch._dynamo.reset()
     records = {}
