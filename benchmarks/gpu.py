@@ -44,7 +44,7 @@ from methods.fine_tuning import FineTuningConfig  # noqa: E402
 from methods.p_tuning_v2 import PTuningV2Config  # noqa: E402
 from methods.prefix_tuning import PrefixTuningConfig  # noqa: E402
 from methods.prompt_tuning import PromptTuningConfig  # noqa: E402
-from methods.shared.training import task_loss  # noqa: E402
+from methods.shared.training import mixed_precision, task_loss  # noqa: E402
 from minitransformer import compile_blocks, generate, load_pretrained  # noqa: E402
 from minitransformer.model import COMPILERS, cast_frozen_weights_once  # noqa: E402
 from train_step import alternate, make_step  # noqa: E402
@@ -234,8 +234,7 @@ def time_training(shape: str, name: str, directory: Path, device, steps: int, wa
     flops_per_token = (6 if name == "full_fine_tuning" else 4) * n
     peak = bf16_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     rows = []
-    bf16 = torch.bfloat16 if precision == "bf16" else None
-    with cast_frozen_weights_once(ours, bf16):  # as the training loop does (methods/shared/training.train)
+    with cast_frozen_weights_once(ours, mixed_precision(device, precision)):  # as training.train does
         for batch_size in batch_sizes + tuple(b for b in ours_alone if b not in batch_sizes):
             alone = batch_size not in batch_sizes
             if alone and theirs is not None:  # free their model's memory for our larger batches

@@ -170,8 +170,8 @@ def cast_frozen_weights_once(model: nn.Module, dtype: torch.dtype | None):
                     bias = torch.cat(biases).to(dtype) if frozen(*biases) else None
                     sources = weights + (biases if bias is not None else [])
                     module.cast = KeptCast(torch.cat(weights).to(dtype), bias, sources)
-                    for i, (p, weight) in enumerate(zip(projections, module.cast.weight.chunk(3))):
-                        own_bias = p.bias if bias is None else bias.chunk(3)[i]
+                    own_biases = biases if bias is None else bias.chunk(3)
+                    for p, weight, own_bias in zip(projections, module.cast.weight.chunk(3), own_biases):
                         p.cast = KeptCast(weight, own_bias, [p.weight] + ([p.bias] if bias is not None else []))
             elif not isinstance(module, Attention) and frozen(module.weight):
                 # a trainable bias (BitFit) stays itself: autocast casts it at each product, so its gradient flows
@@ -203,8 +203,8 @@ class KeptCast:
         return is_compiling() or [t._version for t in self.sources] == self.versions
 
 
-def is_compiling() -> bool:
-    return torch.compiler.is_compiling() if hasattr(torch.compiler, "is_compiling") else False  # torch < 2.3
+# Looked up once, not at every product (torch < 2.3 has no torch.compiler.is_compiling).
+is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
 
 def kept_weights(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
